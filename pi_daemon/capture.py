@@ -1,0 +1,169 @@
+"""The capture thread and the one-slot "latest frame" handoff to the inference loop.
+
+Capture runs beside inference so the camera's wait is hidden behind `invoke()`.
+The slot holds at most one frame: a live camera overwrites it (the newest frame
+wins and the overwritten one is counted as dropped), a replayed file waits for
+the consumer so no frame is skipped. Nothing ever queues up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pi_daemon.errors import PiDaemonError, SourceFailed
+from pi_daemon.events import Event, emit
+from pi_daemon.preprocess import Frame, FrameShapeError, check_frame
+from pi_daemon.sources.base import FrameSource, SourceEnded, SourceError
+
+log = logging.getLogger(__name__)
+
+
+class LatestFrameSlot:
+    """A one-frame mailbox between the capture thread and the inference loop."""
+
+    def __init__(self) -> None:
+        # _cond's lock protects _frame, _final and dropped.
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._final: BaseException | None = None
+        self.dropped = 0
+
+    def put(self, frame: Frame, wait_for_consumer: bool, stop: threading.Event) -> None:
+        with self._cond:
+            if wait_for_consumer:
+                while self._frame is not None and self._final is None and not stop.is_set():
+                    self._cond.wait(0.1)
+            elif self._frame is not None:
+                self.dropped += 1
+            self._frame = frame
+            self._cond.notify_all()
+
+    def finish(self, reason: BaseException) -> None:
+        """No more frames will come; `take()` raises `reason` once the slot is empty."""
+        with self._cond:
+            self._final = reason
+            self._cond.notify_all()
+
+    def take(self, timeout: float) -> Frame | None:
+        """The newest frame, or None after `timeout`; raises the finishing reason."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frame is None:
+                if self._final is not None:
+                    raise self._final
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_consecutive_failures: int = 5
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def backoff(self, failures: int) -> float:
+        """Exponential backoff before reconnect attempt number `failures` (1-based)."""
+        return min(self.backoff_max_s, self.backoff_initial_s * 2 ** max(0, failures - 1))
+
+
+class CaptureThread(threading.Thread):
+    """Reads frames from a source into a slot; reconnects with backoff on faults.
+
+    After `max_consecutive_failures` failed reads or reconnects in a row it gives
+    up and finishes the slot with `SourceFailed`, so the daemon exits non-zero and
+    systemd restarts the process (the reliable cure for a wedged camera).
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        slot: LatestFrameSlot,
+        stop: threading.Event,
+        retry: RetryPolicy,
+        read_timeout_s: float = 5.0,
+        on_frame: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(name="capture", daemon=True)
+        self.source = source
+        self.slot = slot
+        self.stop = stop
+        self.retry = retry
+        self.read_timeout_s = read_timeout_s
+        self.on_frame = on_frame
+        self.failures = 0
+        self.reconnects = 0
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except SourceEnded as end:
+            log.info("source finished: %s", end)
+            self.slot.finish(end)
+        except BaseException as error:  # hand every other ending to the consumer
+            self.slot.finish(error)
+        finally:
+            self.source.close()
+
+    def _loop(self) -> None:
+        wait_for_consumer = not self.source.live
+        while not self.stop.is_set():
+            try:
+                frame = self.source.read(self.read_timeout_s)
+                check_frame(frame)
+            except (SourceError, FrameShapeError) as error:
+                self._fault(str(error))
+                continue
+            if self.failures:
+                emit(
+                    log,
+                    logging.INFO,
+                    Event.SOURCE_FAULT,
+                    "source %s recovered after %d failures",
+                    self.source.describe(),
+                    self.failures,
+                    source=self.source.name,
+                    failures=0,
+                )
+                self.failures = 0
+            self.slot.put(frame, wait_for_consumer, self.stop)
+
+    def _fault(self, reason: str) -> None:
+        self.failures += 1
+        limit = self.retry.max_consecutive_failures
+        if self.failures >= limit:
+            raise SourceFailed(
+                f"source {self.source.describe()}: giving up after {self.failures} "
+                f"consecutive failures; last: {reason}"
+            )
+        delay = self.retry.backoff(self.failures)
+        emit(
+            log,
+            logging.WARNING,
+            Event.SOURCE_FAULT,
+            "source %s failed (%d/%d): %s; reconnecting in %.1f s",
+            self.source.describe(),
+            self.failures,
+            limit,
+            reason,
+            delay,
+            source=self.source.name,
+            failures=self.failures,
+        )
+        self.source.close()
+        if self.stop.wait(delay):
+            return
+        try:
+            self.source.open()
+            self.reconnects += 1
+        except PiDaemonError as error:
+            # Counted as another failure on the next pass through read().
+            log.warning("reconnect to %s failed: %s", self.source.describe(), error)

@@ -1,0 +1,108 @@
+"""One model, one input buffer: frame in, top-k labels out, with stage timings."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from pi_daemon.model import Model
+from pi_daemon.postprocess import OutputKind, OutputSpec, TopK, looks_like_probabilities
+from pi_daemon.preprocess import CropMode, Frame, Preprocessor, input_lut
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    top: list[Prediction]
+    preprocess_s: float
+    invoke_s: float
+    postprocess_s: float
+
+
+def _softmax_op_feeds_output(interpreter: object, output_index: int) -> bool | None:
+    """Ask the graph whether the output tensor is produced by SOFTMAX (None: unknown)."""
+    try:
+        ops = interpreter._get_ops_details()  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    for op in ops:
+        if output_index in list(op.get("outputs", [])):
+            return op.get("op_name") == "SOFTMAX"
+    return None
+
+
+class Classifier:
+    """Runs a loaded model on frames.
+
+    Preprocessing writes into the interpreter's own input tensor (through a
+    scratch buffer only when the input needs a value mapping), and postprocessing
+    reads only what top-k needs.
+    """
+
+    def __init__(self, model: Model, top_k: int = 3, crop: CropMode = "center") -> None:
+        self.model = model
+        self.interpreter = model.interpreter
+        width, height = model.input_size
+        self.preprocess = Preprocessor(width, height, crop)
+        inp, out = model.input, model.output
+        self._lut = input_lut(inp.dtype, inp.scale, inp.zero_point, model.input_range)
+        self._rgb = np.empty((height, width, 3), np.uint8) if self._lut is not None else None
+        self._input_tensor = self.interpreter.tensor(inp.index)
+        self._output_tensor = self.interpreter.tensor(out.index)
+        self.output_kind = self._detect_output_kind()
+        spec = OutputSpec(out.dtype, out.scale, out.zero_point, len(model.labels))
+        self.top_k = TopK(spec, self.output_kind, top_k)
+        log.debug("output of %s is %s", model.name, self.output_kind)
+
+    def _detect_output_kind(self) -> OutputKind:
+        declared = self.model.declared_activation
+        if declared in ("softmax", "probabilities"):
+            return "probabilities"
+        if declared in ("none", "logits", "linear"):
+            return "logits"
+        from_graph = _softmax_op_feeds_output(self.interpreter, self.model.output.index)
+        if from_graph is not None:
+            return "probabilities" if from_graph else "logits"
+        # Last resort: run a mid-grey frame and look at the numbers.
+        self._input_tensor()[...] = 0 if self._lut is None else self._lut[128]
+        self.interpreter.invoke()
+        out = self.model.output
+        values = self._output_tensor().astype(np.float64).reshape(-1)
+        if out.dtype.kind in "iu":
+            values = (values - out.zero_point) * out.scale
+        return "probabilities" if looks_like_probabilities(values) else "logits"
+
+    def write_input(self, frame: Frame) -> None:
+        """Preprocess `frame` straight into the interpreter's input tensor."""
+        tensor = self._input_tensor()[0]
+        if self._lut is None:
+            self.preprocess(frame, tensor)
+        else:
+            assert self._rgb is not None
+            self.preprocess(frame, self._rgb)
+            np.take(self._lut, self._rgb, out=tensor)
+
+    def read_output(self) -> list[Prediction]:
+        labels = self.model.labels
+        return [Prediction(i, labels[i], s) for i, s in self.top_k(self._output_tensor())]
+
+    def classify(self, frame: Frame) -> Classification:
+        t0 = time.perf_counter()
+        self.write_input(frame)
+        t1 = time.perf_counter()
+        self.interpreter.invoke()
+        t2 = time.perf_counter()
+        top = self.read_output()
+        t3 = time.perf_counter()
+        return Classification(top, t1 - t0, t2 - t1, t3 - t2)

@@ -1,0 +1,118 @@
+"""Command line: `pi-daemon run | classify | check-config | --version`.
+
+Every anticipated failure is a PiDaemonError: printed as one line on stderr and
+turned into its sysexits code. Only a genuine bug produces a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pi_daemon import __version__
+from pi_daemon.config import DEFAULT_CONFIG_PATH, load_config
+from pi_daemon.errors import EX_OK, PiDaemonError
+from pi_daemon.logsetup import setup_logging
+
+PROG = "pi-daemon"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Camera classification daemon for Raspberry Pi fleets."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the service loop")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"config file (default {DEFAULT_CONFIG_PATH}; built-in defaults "
+        "if that does not exist)",
+    )
+    run.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N frames (for trials and tests)",
+    )
+
+    classify = commands.add_parser("classify", help="print the top-k labels for images")
+    classify.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    classify.add_argument("--top", type=int, default=3, metavar="K", help="labels per image")
+    classify.add_argument("--model", default="", help="model file (default: bundled)")
+    classify.add_argument("--labels", default="", help="labels file (default: beside model)")
+    classify.add_argument("--backend", default="auto", choices=["auto", "litert", "tflite-runtime"])
+    classify.add_argument("--threads", type=int, default=2)
+    classify.add_argument("--crop", default="center", choices=["center", "letterbox", "stretch"])
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pi_daemon.app import run_service
+
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    config = load_config(path)
+    setup_logging(config.output.log_level)
+    return run_service(config, path, args.max_frames)
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import time
+
+    from pi_daemon.classifier import Classifier
+    from pi_daemon.errors import EX_NOINPUT
+    from pi_daemon.model import load_model
+    from pi_daemon.preprocess import Frame
+    from pi_daemon.sources.files import read_image
+
+    if args.top < 1:
+        raise PiDaemonError("--top must be at least 1")
+    model = load_model(
+        args.model, labels=args.labels, backend=args.backend, num_threads=args.threads
+    )
+    classifier = Classifier(model, top_k=args.top, crop=args.crop)
+    code = EX_OK
+    for number, path in enumerate(args.images, 1):
+        try:
+            image = read_image(path)
+        except PiDaemonError as error:
+            print(f"{PROG}: {error}", file=sys.stderr)
+            code = EX_NOINPUT
+            continue
+        frame = Frame(image, "BGR", number, time.time(), time.monotonic())
+        top = classifier.classify(frame).top
+        ranked = ", ".join(f"{p.label} {p.score:.3f}" for p in top)
+        print(f"{path}: {ranked}", flush=True)
+    return code
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    load_config(args.path)
+    print(f"{args.path}: OK")
+    return EX_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": _cmd_run, "classify": _cmd_classify, "check-config": _cmd_check_config}
+    try:
+        return handler[args.command](args)
+    except PiDaemonError as error:
+        logging.getLogger("pi_daemon").debug("exiting on %r", error)
+        for line in str(error).splitlines() or [type(error).__name__]:
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,88 @@
+"""The sink interface and the thread that feeds sinks off the inference loop."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import queue
+import threading
+
+from pi_daemon.results import Result, Summary
+
+log = logging.getLogger(__name__)
+
+
+class Sink(abc.ABC):
+    """Receives results and summaries. Methods run on the dispatcher thread."""
+
+    name = "sink"
+
+    @abc.abstractmethod
+    def on_result(self, result: Result) -> None: ...
+
+    def on_summary(self, summary: Summary) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+_STOP = object()
+
+
+class SinkDispatcher:
+    """Hands events to sinks on one background thread through a bounded queue.
+
+    The loop only does a non-blocking put: if a sink is stuck on slow storage the
+    queue fills and further events are dropped and counted, instead of stalling
+    inference (and with it the watchdog). `close()` drains what is queued.
+    """
+
+    def __init__(self, sinks: list[Sink], capacity: int = 1024) -> None:
+        self.sinks = sinks
+        self._queue: queue.Queue[object] = queue.Queue(capacity)
+        self.dropped_events = 0
+        self._warned = False
+        self._thread = threading.Thread(target=self._run, name="sinks", daemon=True)
+        self._thread.start()
+
+    def submit(self, event: Result | Summary) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped_events += 1
+            if not self._warned:
+                self._warned = True
+                log.warning("sinks are too slow; dropping events (counted in summaries)")
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is _STOP:
+                return
+            for sink in self.sinks:
+                try:
+                    if isinstance(event, Result):
+                        sink.on_result(event)
+                    else:
+                        assert isinstance(event, Summary)
+                        sink.on_summary(event)
+                except Exception:
+                    log.exception("sink %s failed on an event", sink.name)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver everything queued, then flush and close every sink."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.error("sinks did not drain within %.1f s; some events are lost", timeout)
+        for sink in self.sinks:
+            try:
+                sink.flush()
+                sink.close()
+            except Exception as error:
+                log.error("closing sink %s failed: %s", sink.name, error)
