@@ -30,15 +30,35 @@ class Classification:
     postprocess_s: float
 
 
+# Ops that pass values through unchanged in order: look behind them for the producer.
+_PASS_THROUGH_OPS = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "IDENTITY"}
+
+
 def _softmax_op_feeds_output(interpreter: object, output_index: int) -> bool | None:
-    """Ask the graph whether the output tensor is produced by SOFTMAX (None: unknown)."""
+    """Ask the graph whether the output tensor comes from SOFTMAX (None: unknown).
+
+    A uint8 model typically ends SOFTMAX → QUANTIZE (int8 → uint8), so requantize
+    and reshape ops are looked through. Delegate nodes are ignored: they hide the
+    real ops but the interpreter still lists the originals.
+    """
     try:
         ops = interpreter._get_ops_details()  # type: ignore[attr-defined]
     except Exception:
         return None
-    for op in ops:
-        if output_index in list(op.get("outputs", [])):
+    producers = {
+        int(tensor): op
+        for op in ops
+        if op.get("op_name") != "DELEGATE"
+        for tensor in op.get("outputs", [])
+    }
+    tensor = output_index
+    for _ in range(len(producers) + 1):
+        op = producers.get(tensor)
+        if op is None:
+            return None
+        if op.get("op_name") not in _PASS_THROUGH_OPS:
             return op.get("op_name") == "SOFTMAX"
+        tensor = int(op["inputs"][0])
     return None
 
 

@@ -64,14 +64,16 @@ class TopK:
         if raw.shape[0] != self.spec.num_classes:
             raise ValueError(f"output has {raw.shape[0]} values, expected {self.spec.num_classes}")
         if self._probs is not None:
+            # Order by the logits themselves: the softmax keeps their order, but
+            # tiny probabilities would all round to the same tie.
+            ordering = raw if self.spec.quantized else self._rounded(raw)
             key = self._softmax(raw)
-            ordering = np.round(key / FLOAT_TIE_RESOLUTION)
         elif self.spec.quantized:
             key = raw
             ordering = raw
         else:
             key = raw
-            ordering = np.round(raw.astype(np.float64) / FLOAT_TIE_RESOLUTION)
+            ordering = self._rounded(raw)
         n, k = ordering.shape[0], self.k
         # The k-th best value; every class at least that good is a candidate, so a
         # tie straddling the boundary is resolved by index, not by partition order.
@@ -80,6 +82,10 @@ class TopK:
         order = np.lexsort((candidates, -ordering[candidates].astype(np.float64)))[:k]
         best = candidates[order]
         return [(int(i), self._score(key, int(i))) for i in best]
+
+    @staticmethod
+    def _rounded(raw: np.ndarray) -> np.ndarray:
+        return np.round(raw.astype(np.float64) / FLOAT_TIE_RESOLUTION)
 
     def _softmax(self, raw: np.ndarray) -> np.ndarray:
         probs = self._probs
