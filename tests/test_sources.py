@@ -150,3 +150,14 @@ def test_missing_video_file_in_config_exits_78(cli, write_config, tmp_path):
     config = write_config(f'source = "files"\n[files]\npaths = ["{tmp_path}/clip.mp4"]\n')
     result = cli("run", "--config", str(config))
     assert_one_line_error(result, 78, "files.paths", "clip.mp4", "file not found")
+
+
+@pytest.mark.parametrize(
+    ("main", "model", "lores"),
+    [((640, 480), (224, 224), (300, 224)), ((480, 640), (224, 224), (224, 300)),
+     ((224, 224), (224, 224), (224, 224)), ((1920, 1080), (224, 224), (400, 224))],
+)
+def test_picamera2_lores_keeps_main_aspect(main, model, lores):
+    from pi_daemon.sources import lores_size_for
+
+    assert lores_size_for(main, model) == lores

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def create_source(
         return Picamera2Source(
             camera_num=cam.camera_num,
             main_size=cam.main_size,
-            lores_size=model_input_size,
+            lores_size=lores_size_for(cam.main_size, model_input_size),
             frame_rate=cam.frame_rate,
             capture_timeout_s=cam.capture_timeout_s,
         )
@@ -46,6 +47,20 @@ def create_source(
 
     paths = [resolve_relative(p, base_dir) for p in config.files.paths]
     return FilesSource(paths, loop=config.files.loop, fps=config.files.fps)
+
+
+def lores_size_for(main_size: tuple[int, int], model_size: tuple[int, int]) -> tuple[int, int]:
+    """A lores size with main's aspect ratio that covers the model input.
+
+    On a Pi 4 the ISP scales lores from the same sensor crop as main, so a square
+    lores under a 4:3 main would squash the picture; keeping main's aspect and
+    letting preprocessing crop keeps shapes true. Sizes are even for YUV420.
+    """
+    main_w, main_h = main_size
+    model_w, model_h = model_size
+    scale = max(model_w / main_w, model_h / main_h)
+    width, height = math.ceil(main_w * scale), math.ceil(main_h * scale)
+    return width + width % 2, height + height % 2
 
 
 def _auto_kind() -> str:

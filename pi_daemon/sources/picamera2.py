@@ -322,8 +322,8 @@ class Picamera2Source(FrameSource):
 
     def _release(self, camera: Any) -> None:
         # Errors here can't be acted on, and must not hide the error that led here.
-        for step in (camera.stop, camera.close):
+        for label in ("stop", "close"):
             try:
-                step()
+                getattr(camera, label)()
             except Exception as exc:
-                log.warning("%s: %s() failed: %s", self._where, step.__name__, _describe(exc))
+                log.warning("%s: %s() failed: %s", self._where, label, _describe(exc))
