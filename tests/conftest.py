@@ -57,13 +57,18 @@ def demo_video(tmp_path_factory: pytest.TempPathFactory, photos: dict[str, Path]
     return path
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m pi_daemon ARGS` as a real process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "pi_daemon", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=cwd,
     )
 
 
@@ -82,8 +87,9 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
     return write
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int,
-                          *fragments: str) -> str:
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *fragments: str
+) -> str:
     """The process failed with `code`, one stderr line with every fragment, no traceback."""
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.startswith("pi-daemon:")]

@@ -45,7 +45,9 @@ def test_example_config_documents_every_key():
         elif match := re.match(r"^(\w+)\s*=", line):
             assert comment_before, f"{section}{match.group(1)} has no comment above it"
             documented.add(section + match.group(1))
-        comment_before = line.startswith("#") or (comment_before and bool(re.match(r"^\w+\s*=", line)))
+        comment_before = line.startswith("#") or (
+            comment_before and bool(re.match(r"^\w+\s*=", line))
+        )
     assert documented == set(_keys(Config))
 
 
@@ -62,7 +64,10 @@ def test_example_config_documents_every_key():
         ("volume = 11", ["volume: unknown key"]),
         ('[preprocess]\ncrop = "zoom"', ["preprocess.crop:"]),
         ("[picamera2]\nmain_size = [640]", ["picamera2.main_size"]),
-        ("[picamera2]\nmain_size = [32, 480]", ["picamera2.main_size.0:", "greater than or equal to 64"]),
+        (
+            "[picamera2]\nmain_size = [32, 480]",
+            ["picamera2.main_size.0:", "greater than or equal to 64"],
+        ),
         ("[files]\nfps = -1", ["files.fps:"]),
         ("[capture]\nbackoff_initial_s = 10\nbackoff_max_s = 1", ["capture:", "backoff_max_s"]),
         ("[output]\nevents_max_bytes = 10", ["output.events_max_bytes:"]),
@@ -97,8 +102,10 @@ def test_every_error_is_listed_one_per_line(write_config, cli):
     [
         (lambda tmp: tmp / "missing.toml", "config file not found"),
         (lambda tmp: tmp, "cannot read config file"),
-        (lambda tmp: (tmp / "bin.toml").write_bytes(b"\xff\xfe\x00") and tmp / "bin.toml",
-         "cannot read config file"),
+        (
+            lambda tmp: (tmp / "bin.toml").write_bytes(b"\xff\xfe\x00") and tmp / "bin.toml",
+            "cannot read config file",
+        ),
     ],
 )
 def test_unreadable_config(tmp_path: Path, cli, setup, fragment):

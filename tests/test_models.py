@@ -45,8 +45,11 @@ def _bad_models(tmp: Path) -> dict[str, tuple[Path, str, str]]:
         "missing": (tmp / "nope.tflite", LABELS, "model file not found"),
         "empty": (_copy(tmp, "empty.tflite", b""), LABELS, "not a TFLite model"),
         "not-tflite": (jpeg, LABELS, "not a TFLite model"),
-        "truncated": (_copy(tmp, "trunc.tflite", good[: len(good) // 2]), LABELS,
-                      "the interpreter cannot load it"),
+        "truncated": (
+            _copy(tmp, "trunc.tflite", good[: len(good) // 2]),
+            LABELS,
+            "the interpreter cannot load it",
+        ),
         "corrupt": (_copy(tmp, "corrupt.tflite", bytes(corrupt)), LABELS, "cannot load it"),
         "nchw": (TEST_MODELS / "tiny_nchw.tflite", LABELS, "is not NHWC with 3 colour channels"),
         "gray": (TEST_MODELS / "tiny_gray.tflite", LABELS, "is not NHWC with 3 colour channels"),
@@ -59,8 +62,18 @@ def _bad_models(tmp: Path) -> dict[str, tuple[Path, str, str]]:
 
 
 BAD_MODEL_NAMES = [
-    "missing", "empty", "not-tflite", "truncated", "corrupt", "nchw", "gray", "label-count",
-    "labels-missing", "labels-empty-line", "sha-mismatch", "manifest-unreadable",
+    "missing",
+    "empty",
+    "not-tflite",
+    "truncated",
+    "corrupt",
+    "nchw",
+    "gray",
+    "label-count",
+    "labels-missing",
+    "labels-empty-line",
+    "sha-mismatch",
+    "manifest-unreadable",
 ]
 
 
@@ -85,7 +98,7 @@ def test_bad_model_in_config_stops_the_daemon_with_78(tmp_path, cli, write_confi
 
 
 def test_configured_sha256_is_checked(tmp_path):
-    with pytest.raises(ModelError, match="config model.sha256"):
+    with pytest.raises(ModelError, match=r"config model\.sha256"):
         load_model(TINY, labels=str(LABELS), expected_sha256="f" * 64)
     model = load_model(TINY, labels=str(LABELS), expected_sha256=sha256_of(TINY.read_bytes()))
     assert model.sha256 == sha256_of(TINY.read_bytes())
@@ -146,8 +159,15 @@ def test_bundled_model_classifies_real_photos(cli, photos, photo, accepted, with
 def test_classify_prints_one_line_per_image_and_reports_unreadable(cli, photos, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(photos["coffee"].read_bytes()[:300])
-    result = cli("classify", str(photos["coffee"]), str(broken), str(tmp_path / "missing.png"),
-                 str(photos["rocket"]), "--top", "2")
+    result = cli(
+        "classify",
+        str(photos["coffee"]),
+        str(broken),
+        str(tmp_path / "missing.png"),
+        str(photos["rocket"]),
+        "--top",
+        "2",
+    )
     assert result.returncode == EX_NOINPUT
     lines = result.stdout.strip().splitlines()
     assert [line.split(": ")[0] for line in lines] == [str(photos["coffee"]), str(photos["rocket"])]

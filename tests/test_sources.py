@@ -42,8 +42,15 @@ def test_opencv_source_unopenable_file(tmp_path):
         OpenCVSource(str(junk)).open()
 
 
-@pytest.mark.parametrize(("text", "parsed"), [("0", 0), ("12", 12), ("/dev/video0", "/dev/video0"),
-                                              ("rtsp://cam/stream", "rtsp://cam/stream")])
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("0", 0),
+        ("12", 12),
+        ("/dev/video0", "/dev/video0"),
+        ("rtsp://cam/stream", "rtsp://cam/stream"),
+    ],
+)
 def test_device_parsing(text, parsed):
     assert parse_device(text) == parsed
 
@@ -154,8 +161,12 @@ def test_missing_video_file_in_config_exits_78(cli, write_config, tmp_path):
 
 @pytest.mark.parametrize(
     ("main", "model", "lores"),
-    [((640, 480), (224, 224), (300, 224)), ((480, 640), (224, 224), (224, 300)),
-     ((224, 224), (224, 224), (224, 224)), ((1920, 1080), (224, 224), (400, 224))],
+    [
+        ((640, 480), (224, 224), (300, 224)),
+        ((480, 640), (224, 224), (224, 300)),
+        ((224, 224), (224, 224), (224, 224)),
+        ((1920, 1080), (224, 224), (400, 224)),
+    ],
 )
 def test_picamera2_lores_keeps_main_aspect(main, model, lores):
     from pi_daemon.sources import lores_size_for

@@ -1,0 +1,484 @@
+"""Helpers for the arm64 install-path test (tests/system/test_arm64.py).
+
+Self-contained on purpose: nothing here depends on the amd64 system-test helpers.
+
+- `apt_mirror()` reads the Debian mirror from the host's apt sources (never hard-coded).
+- `qemu_aarch64()` turns on binfmt_misc + qemu-aarch64 and puts both back as it found them.
+- `cached_rootfs()` debootstraps an arm64 bookworm root filesystem once and keeps it as a
+  `tar --zstd` tarball under the repo's gitignored `.cache/`.
+- `Chroot.run()` runs a command in the rootfs inside a private mount namespace
+  (`unshare --mount`), so /proc, /dev and the pip-cache bind mounts vanish with the
+  process: nothing can be left mounted on the host, even if pytest is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from email.parser import Parser
+from pathlib import Path
+from zipfile import ZipFile
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PI_DAEMON_ARM64_CACHE", REPO / ".cache" / "arm64"))
+SUITE = "bookworm"
+ARCH = "arm64"
+INCLUDE = ("python3", "python3-venv", "ca-certificates")
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
+BINFMT_NAME = "qemu-aarch64"
+# Tools the test needs on the host, and the Debian package that provides each
+# (all listed in .ci/apt-packages.txt).
+HOST_TOOLS = {
+    "debootstrap": "debootstrap",
+    "update-binfmts": "binfmt-support",
+    "qemu-aarch64-static": "qemu-user-static",
+    "zstd": "zstd",
+    "unshare": "util-linux",
+    "chroot": "coreutils",
+}
+
+
+def missing_tools() -> list[str]:
+    return [f"{tool} (apt: {pkg})" for tool, pkg in HOST_TOOLS.items() if not shutil.which(tool)]
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]],
+    *,
+    timeout: float,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run `cmd` in its own session; on timeout kill the whole process group.
+
+    Output is captured (stdout and stderr merged) and shown in the failure message.
+    """
+    argv = [str(part) for part in cmd]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except BaseException:  # timeout, KeyboardInterrupt: leave no process behind
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise RuntimeError(
+            f"timed out or interrupted after {timeout:.0f} s: {shlex.join(argv)}\n{out[-4000:]}"
+        ) from None
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {shlex.join(argv)}\n{out[-6000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """One arm64 run at a time per cache: binfmt state and the tarball are shared."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds per phase, in the order they ran."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
+
+    def lines(self) -> list[str]:
+        return [f"{name:<40} {secs:7.1f} s" for name, secs in self.phases.items()]
+
+
+# ---------------------------------------------------------------------------- apt mirror
+
+
+@dataclass(frozen=True)
+class AptSource:
+    uri: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: str | None
+
+
+def _one_line_sources(text: str) -> Iterator[AptSource]:
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue
+        words = line.split()[1:]
+        signed_by = None
+        if words and words[0].startswith("["):  # [arch=amd64 signed-by=/x.gpg]
+            options = []
+            while words:
+                word = words.pop(0)
+                options.append(word.strip("[]"))
+                if word.endswith("]"):
+                    break
+            for option in options:
+                if option.startswith("signed-by="):
+                    signed_by = option.split("=", 1)[1]
+        if len(words) >= 2:
+            yield AptSource(words[0], (words[1],), tuple(words[2:]), signed_by)
+
+
+def _deb822_sources(text: str) -> Iterator[AptSource]:
+    stanzas = re.split(r"\n\s*\n", text)
+    for stanza in stanzas:
+        fields: dict[str, str] = {}
+        key = None
+        for raw in stanza.splitlines():
+            if raw.startswith("#") or not raw.strip():
+                continue
+            if raw[0].isspace() and key:  # continuation line
+                fields[key] += "\n" + raw.strip()
+                continue
+            if ":" in raw:
+                key, value = raw.split(":", 1)
+                key = key.strip().lower()
+                fields[key] = value.strip()
+        if "deb" not in fields.get("types", "").split():
+            continue
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        # Signed-By may hold an inline key block; only a path is useful here.
+        signed_by = fields.get("signed-by", "").strip() or None
+        if signed_by and ("\n" in signed_by or not signed_by.startswith("/")):
+            signed_by = None
+        for uri in fields.get("uris", "").split():
+            yield AptSource(
+                uri,
+                tuple(fields.get("suites", "").split()),
+                tuple(fields.get("components", "").split()),
+                signed_by,
+            )
+
+
+def host_apt_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
+    found: list[AptSource] = []
+    one_line = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*.list"))]
+    for path in one_line:
+        if path.is_file():
+            found.extend(_one_line_sources(path.read_text()))
+    for path in sorted((etc_apt / "sources.list.d").glob("*.sources")):
+        found.extend(_deb822_sources(path.read_text()))
+    return found
+
+
+def apt_mirror(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> AptSource:
+    """The host's http(s) source that carries `suite` itself with `main`."""
+    sources = host_apt_sources(etc_apt)
+    for source in sources:
+        if (
+            suite in source.suites
+            and "main" in source.components
+            and source.uri.startswith(("http://", "https://"))
+        ):
+            return source
+    listed = "\n".join(f"  {s.uri} {' '.join(s.suites)}" for s in sources) or "  (none)"
+    raise RuntimeError(
+        f"no http(s) apt source for '{suite} main' in {etc_apt}/sources.list"
+        f" or sources.list.d/*.sources|*.list; found:\n{listed}"
+    )
+
+
+# ---------------------------------------------------------------------------- binfmt
+
+
+def _binfmt_mounted() -> bool:
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == str(BINFMT_DIR) for line in mounts)
+
+
+def _binfmt_entry_state() -> str:
+    """'absent', 'enabled' or 'disabled' for the qemu-aarch64 binfmt_misc entry."""
+    entry = BINFMT_DIR / BINFMT_NAME
+    if not entry.exists():
+        return "absent"
+    first = entry.read_text().splitlines()[:1]
+    return "enabled" if first == ["enabled"] else "disabled"
+
+
+@dataclass
+class BinfmtState:
+    mounted: bool
+    entry: str  # absent | enabled | disabled (only meaningful when mounted)
+
+    @classmethod
+    def now(cls) -> BinfmtState:
+        mounted = _binfmt_mounted()
+        return cls(mounted, _binfmt_entry_state() if mounted else "absent")
+
+
+@contextlib.contextmanager
+def qemu_aarch64() -> Iterator[BinfmtState]:
+    """Make aarch64 ELF binaries run through qemu-user-static; restore on exit.
+
+    Only what this context changed is undone: binfmt_misc is unmounted only if it
+    mounts it, and the qemu-aarch64 entry is removed (or re-disabled) only if it was
+    absent (or disabled) before. Yields the state as it was found.
+    """
+    before = BinfmtState.now()
+    mounted_here = False
+    try:
+        if not before.mounted:
+            run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR], timeout=30)
+            mounted_here = True
+        state = _binfmt_entry_state()
+        if state == "absent":
+            run(["update-binfmts", "--enable", BINFMT_NAME], timeout=60)
+        elif state == "disabled":
+            (BINFMT_DIR / BINFMT_NAME).write_text("1")
+        if _binfmt_entry_state() != "enabled":
+            raise RuntimeError(f"could not enable {BINFMT_DIR / BINFMT_NAME}")
+        yield before
+    finally:
+        after = _binfmt_entry_state() if _binfmt_mounted() else "absent"
+        if after != "absent" and before.entry == "absent":
+            run(["update-binfmts", "--disable", BINFMT_NAME], timeout=60, check=False)
+            if (BINFMT_DIR / BINFMT_NAME).exists():  # not ours to update-binfmts: remove
+                (BINFMT_DIR / BINFMT_NAME).write_text("-1")
+        elif after == "enabled" and before.entry == "disabled":
+            (BINFMT_DIR / BINFMT_NAME).write_text("0")
+        if mounted_here:
+            run(["umount", BINFMT_DIR], timeout=30, check=False)
+
+
+# ---------------------------------------------------------------------------- mounts
+
+
+def mounts_under(root: Path) -> list[str]:
+    """Mount points at or below `root` in this (the host's) mount namespace."""
+    prefix = str(root.resolve())
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1].replace("\\040", " ") for line in mounts]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def unmount_all_under(root: Path) -> None:
+    for point in sorted(mounts_under(root), key=len, reverse=True):
+        run(["umount", "--lazy", point], timeout=30, check=False)
+
+
+def remove_tree(root: Path) -> None:
+    """rm -r a root filesystem, refusing if anything is still mounted inside it."""
+    if not root.exists():
+        return
+    unmount_all_under(root)
+    left = mounts_under(root)
+    if left:
+        raise RuntimeError(f"refusing to delete {root}: still mounted: {left}")
+    shutil.rmtree(root)
+
+
+# ---------------------------------------------------------------------------- rootfs
+
+
+def rootfs_key(mirror: AptSource) -> str:
+    """Cache key: what the tarball contains (suite, arch, packages, debootstrap)."""
+    version = run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], timeout=30).stdout
+    material = f"{SUITE} {ARCH} minbase {' '.join(INCLUDE)} {version}"
+    return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+def cached_rootfs(dest: Path, timings: Timings) -> Path:
+    """Unpack the cached arm64 rootfs into `dest`, debootstrapping it first if needed.
+
+    The caller must be inside `qemu_aarch64()`: debootstrap's second stage runs
+    aarch64 binaries. Returns the tarball path.
+    """
+    mirror = apt_mirror()
+    tarball = CACHE / f"{SUITE}-{ARCH}-minbase-{rootfs_key(mirror)}.tar.zst"
+    if not tarball.exists():
+        build = CACHE / "build-rootfs"
+        remove_tree(build)
+        keyring = ["--keyring", mirror.signed_by] if mirror.signed_by else []
+        debs = CACHE / "debootstrap-debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        try:
+            with timings.phase("debootstrap arm64 (cold)"):
+                run(
+                    [
+                        "debootstrap",
+                        f"--arch={ARCH}",
+                        "--variant=minbase",
+                        f"--include={','.join(INCLUDE)}",
+                        f"--cache-dir={debs}",
+                        *keyring,
+                        SUITE,
+                        build,
+                        mirror.uri,
+                    ],
+                    timeout=1800,
+                )
+            # debootstrap's own /proc, /sys mounts must be gone before tar and rm.
+            unmount_all_under(build)
+            with timings.phase("rootfs tarball: create"):
+                partial = tarball.with_suffix(".partial")
+                run(
+                    ["tar", "--zstd", "--numeric-owner", "-C", build, "-cf", partial, "."],
+                    timeout=600,
+                )
+                partial.rename(tarball)
+        finally:
+            remove_tree(build)
+    with timings.phase("rootfs tarball: unpack"):
+        dest.mkdir(parents=True, exist_ok=True)
+        run(["tar", "--zstd", "--numeric-owner", "-C", dest, "-xpf", tarball], timeout=600)
+    # pip inside needs DNS and the host's CA bundle (it may carry a proxy's CA).
+    for name, source in (
+        ("etc/resolv.conf", Path("/etc/resolv.conf")),
+        ("etc/ssl/certs/ca-certificates.crt", HOST_CA_BUNDLE),
+    ):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        shutil.copyfile(source, target)
+    return tarball
+
+
+# ---------------------------------------------------------------------------- chroot
+
+
+_PASS_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+GUEST_PIP_CACHE = "/var/cache/pi-daemon-pip"
+
+
+@dataclass
+class Chroot:
+    """Run commands in `root` with /proc, /dev and a pip cache mounted privately."""
+
+    root: Path
+    pip_cache: Path
+
+    def env(self) -> dict[str, str]:
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "PIP_CACHE_DIR": GUEST_PIP_CACHE,
+            "PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PIP_DEFAULT_TIMEOUT": "180",
+            "PIP_NO_INPUT": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
+        return env
+
+    def run(
+        self, argv: Sequence[str], *, timeout: float, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        self.pip_cache.mkdir(parents=True, exist_ok=True)
+        (self.root / GUEST_PIP_CACHE.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        root = shlex.quote(str(self.root))
+        script = "\n".join(
+            [
+                "set -e",
+                f"mount -t proc proc {root}/proc",
+                f"mount --bind /dev {root}/dev",
+                f"mount --bind {shlex.quote(str(self.pip_cache))} {root}{GUEST_PIP_CACHE}",
+                f'exec chroot {root} "$@"',
+            ]
+        )
+        # unshare(1) makes the new mount namespace private: mounts never reach the host,
+        # and they disappear when the last process in it exits.
+        return run(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "chroot-run",
+                *argv,
+            ],
+            timeout=timeout,
+            env=self.env(),
+            check=check,
+        )
+
+
+# ---------------------------------------------------------------------------- wheel
+
+
+def build_wheel(outdir: Path, timings: Timings) -> Path:
+    """`pip wheel --no-deps` the project on the host (the wheel is pure Python)."""
+    import sys
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PIP_CACHE_DIR=str(CACHE / "host-pip"))
+    with timings.phase("host: pip wheel"):
+        run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", outdir, REPO],
+            timeout=600,
+            env=env,
+        )
+    wheels = sorted(outdir.glob("pi_daemon-*.whl"))
+    if len(wheels) != 1:
+        raise RuntimeError(f"expected one pi_daemon wheel in {outdir}, found {wheels}")
+    return wheels[0]
+
+
+def wheel_members(wheel: Path) -> list[str]:
+    with ZipFile(wheel) as archive:
+        return archive.namelist()
+
+
+def wheel_requirements(wheel: Path) -> list[str]:
+    """The wheel's unconditional Requires-Dist entries (extras left out)."""
+    with ZipFile(wheel) as archive:
+        meta_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = Parser().parsestr(archive.read(meta_name).decode())
+    requirements = meta.get_all("Requires-Dist") or []
+    return [r for r in requirements if not re.search(r"\bextra\s*==", r)]
+
+
+def requirement_name(requirement: str) -> str:
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    if not match:
+        raise ValueError(requirement)
+    return re.sub(r"[-_.]+", "-", match.group(1)).lower()
+
+
+_RANKED = re.compile(r"(.+?) (\d+\.\d+)(?:, |$)")
+
+
+def parse_classify_line(line: str) -> tuple[str, list[tuple[str, float]]]:
+    """'PATH: label 0.941, label 0.016' -> (PATH, [(label, score), ...])."""
+    path, _, ranked = line.rpartition(": ")
+    return path, [(label, float(score)) for label, score in _RANKED.findall(ranked)]

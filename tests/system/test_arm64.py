@@ -1,0 +1,226 @@
+"""The arm64 install path, under qemu-user emulation: the closest CI comes to a Pi 4B.
+
+An arm64 Debian bookworm root filesystem (debootstrap, cached as a tarball under
+`.cache/arm64/`) gets the project's wheel in two venvs:
+
+- `litert`: the wheel with its default dependencies (ai-edge-litert, numpy 2);
+- `tflite-runtime`: the wheel with `--no-deps`, its other dependencies, numpy<2 and
+  tflite-runtime 2.14.0 (the old runtime fails with numpy 2), and no ai-edge-litert.
+
+Each venv runs `pi-daemon classify` on the bundled demo photos, with its backend chosen
+explicitly. Needs root (debootstrap, chroot, binfmt_misc); CI runs as root, so there it
+never skips. binfmt_misc and the qemu-aarch64 entry are left as they were found, and all
+chroot mounts live in a private mount namespace (see arm64.py).
+
+Timings go to the terminal at the end of the module, e.g. with `pytest -m system`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.system import arm64
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+BUNDLED_MODEL = "pi_daemon/models/efficientnet-lite0-int8.tflite"
+GUEST_WHEELS = "/opt/wheels"
+INSTALL_TIMEOUT = 1800  # pip under emulation; a cold run takes a few minutes
+CLASSIFY_TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class Venv:
+    backend: str  # the --backend value
+    path: str  # inside the guest
+
+    @property
+    def python(self) -> str:
+        return f"{self.path}/bin/python"
+
+
+VENVS = {
+    "litert": Venv("litert", "/opt/venv-litert"),
+    "tflite-runtime": Venv("tflite-runtime", "/opt/venv-tflite-runtime"),
+}
+
+
+@dataclass
+class Arm64Guest:
+    root: Path
+    chroot: arm64.Chroot
+    timings: arm64.Timings
+
+    def site_packages(self, venv: Venv) -> Path:
+        found = sorted((self.root / venv.path.lstrip("/")).glob("lib/python3*/site-packages"))
+        assert len(found) == 1, found
+        return found[0]
+
+    def guest_path(self, host_path: Path) -> str:
+        return "/" + str(host_path.relative_to(self.root))
+
+
+def _require_root_and_tools() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(
+            "SKIPPED LOUDLY: the arm64 install-path test needs root (debootstrap, chroot, "
+            f"mounting binfmt_misc); running as uid {os.geteuid()}. CI runs it as root."
+        )
+    missing = arm64.missing_tools()
+    if missing:
+        pytest.fail(
+            "arm64 test: missing host tools: "
+            + ", ".join(missing)
+            + " (scripts/test.sh installs .ci/apt-packages.txt)",
+            pytrace=False,
+        )
+    with open("/proc/filesystems") as filesystems:
+        if "binfmt_misc" not in filesystems.read():
+            pytest.fail("arm64 test: this kernel has no binfmt_misc", pytrace=False)
+
+
+def _install_venvs(guest: Arm64Guest, wheel: str, requirements: list[str]) -> None:
+    run = guest.chroot.run
+    pip_flags = ["--no-compile", "--progress-bar", "off"]
+
+    litert = VENVS["litert"]
+    with guest.timings.phase("venv litert: pip install (emulated)"):
+        run(["python3", "-m", "venv", litert.path], timeout=300)
+        run([litert.python, "-m", "pip", "install", *pip_flags, wheel], timeout=INSTALL_TIMEOUT)
+
+    # tflite-runtime: the wheel without its default deps (they pull ai-edge-litert),
+    # then those deps minus ai-edge-litert and numpy, plus numpy<2 and the old runtime.
+    old = VENVS["tflite-runtime"]
+    deps = [r for r in requirements if arm64.requirement_name(r) not in ("ai-edge-litert", "numpy")]
+    with guest.timings.phase("venv tflite-runtime: pip install (emulated)"):
+        run(["python3", "-m", "venv", old.path], timeout=300)
+        run(
+            [old.python, "-m", "pip", "install", *pip_flags, "--no-deps", wheel],
+            timeout=INSTALL_TIMEOUT,
+        )
+        run(
+            [
+                old.python,
+                "-m",
+                "pip",
+                "install",
+                *pip_flags,
+                *deps,
+                "numpy<2",
+                "tflite-runtime==2.14.0",
+            ],
+            timeout=INSTALL_TIMEOUT,
+        )
+
+
+@pytest.fixture(scope="module")
+def guest(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Arm64Guest]:
+    _require_root_and_tools()
+    timings = arm64.Timings()
+    work = tmp_path_factory.mktemp("arm64")
+    root = work / "rootfs"
+    before = arm64.BinfmtState.now()
+    tarball: Path | None = None
+    try:
+        with arm64.exclusive_lock(arm64.CACHE / "lock"), arm64.qemu_aarch64():
+            wheel = arm64.build_wheel(work / "wheel", timings)
+            assert BUNDLED_MODEL in arm64.wheel_members(wheel), (
+                f"{wheel.name} lacks the default model {BUNDLED_MODEL}"
+            )
+            tarball = arm64.cached_rootfs(root, timings)
+            (root / GUEST_WHEELS.lstrip("/")).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(wheel, root / GUEST_WHEELS.lstrip("/"))
+            guest = Arm64Guest(root, arm64.Chroot(root, arm64.CACHE / "guest-pip"), timings)
+            _install_venvs(guest, f"{GUEST_WHEELS}/{wheel.name}", arm64.wheel_requirements(wheel))
+            yield guest
+    finally:
+        try:
+            arm64.remove_tree(root)
+        finally:
+            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line("")
+                reporter.write_line(
+                    f"arm64 timings (binfmt found: {before}; rootfs cache: "
+                    f"{tarball.name if tarball else '-'}):"
+                )
+                for line in timings.lines():
+                    reporter.write_line("  " + line)
+    # Hygiene, checked after the context managers have restored everything.
+    assert not arm64.mounts_under(work), arm64.mounts_under(work)
+    assert arm64.BinfmtState.now() == before, "binfmt_misc not restored"
+
+
+def test_guest_interpreter_is_aarch64(guest: Arm64Guest) -> None:
+    out = guest.chroot.run(
+        ["python3", "-c", "import platform; print(platform.machine())"], timeout=120
+    ).stdout
+    assert out.strip().splitlines()[-1] == "aarch64", out
+    # The real guest binary, not the host's, answered: it is an aarch64 ELF.
+    elf = (guest.root / "usr/bin").glob("python3.*")
+    header = next(p for p in elf if p.name[len("python3.") :].isdigit()).read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+
+
+@pytest.mark.parametrize("backend", list(VENVS))
+def test_classify_under_emulation(guest: Arm64Guest, backend: str) -> None:
+    venv = VENVS[backend]
+    site = guest.site_packages(venv)
+
+    # The venv holds what this backend is about: aarch64 wheels, the right numpy.
+    probe = (
+        guest.chroot.run(
+            [
+                venv.python,
+                "-c",
+                "import platform, sysconfig, numpy, importlib.metadata as md, importlib.util as u;"
+                "print(platform.machine(), sysconfig.get_platform(), numpy.__version__,"
+                " md.version('ai-edge-litert') if u.find_spec('ai_edge_litert') else '-',"
+                " md.version('tflite-runtime') if u.find_spec('tflite_runtime') else '-')",
+            ],
+            timeout=300,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    machine, platform_tag, numpy_version, litert_version, tflite_version = probe.split()
+    assert (machine, platform_tag) == ("aarch64", "linux-aarch64"), probe
+    if backend == "litert":
+        assert int(numpy_version.split(".")[0]) >= 2, probe
+        assert litert_version != "-", probe
+    else:
+        assert int(numpy_version.split(".")[0]) < 2, probe
+        assert (tflite_version, litert_version) == ("2.14.0", "-"), probe
+
+    photos = [site / "pi_daemon" / "demo" / name for name in ("coffee.jpg", "rocket.jpg")]
+    for photo in photos:
+        assert photo.is_file(), f"{photo} is not in the installed wheel"
+    with guest.timings.phase(f"classify {backend} (emulated)"):
+        result = guest.chroot.run(
+            [
+                f"{venv.path}/bin/pi-daemon",
+                "classify",
+                "--backend",
+                backend,
+                "--top",
+                "3",
+                *(guest.guest_path(p) for p in photos),
+            ],
+            timeout=CLASSIFY_TIMEOUT,
+        )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("/opt/")]
+    print(f"[{backend}] numpy {numpy_version}:", *lines, sep="\n  ")
+    ranked = dict(arm64.parse_classify_line(line) for line in lines)
+    coffee = ranked[guest.guest_path(photos[0])]
+    rocket = ranked[guest.guest_path(photos[1])]
+    assert coffee[0][0] == "espresso", result.stdout
+    assert coffee[0][1] > 0.5, result.stdout
+    assert {"missile", "projectile"} & {label for label, _ in rocket}, result.stdout
