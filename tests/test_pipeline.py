@@ -210,7 +210,7 @@ def test_jsonl_unwritable_path_is_a_config_error(tmp_path):
     from pi_daemon.errors import ConfigError
 
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match="output.events_file"):
+    with pytest.raises(ConfigError, match=r"output\.events_file"):
         JsonlSink(tmp_path / "file" / "ev.jsonl", 4096, 1)
 
 
