@@ -1,0 +1,1 @@
+"""System tests: real root filesystems, real systemd, real tools. They need root."""

@@ -250,25 +250,27 @@ def qemu_aarch64() -> Iterator[BinfmtState]:
     """
     before = BinfmtState.now()
     mounted_here = False
+    entry_before = before.entry
     try:
         if not before.mounted:
             run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT_DIR], timeout=30)
             mounted_here = True
-        state = _binfmt_entry_state()
-        if state == "absent":
+            # Entries outlive an unmount; what the mount reveals is the real "before".
+            entry_before = _binfmt_entry_state()
+        if entry_before == "absent":
             run(["update-binfmts", "--enable", BINFMT_NAME], timeout=60)
-        elif state == "disabled":
+        elif entry_before == "disabled":
             (BINFMT_DIR / BINFMT_NAME).write_text("1")
         if _binfmt_entry_state() != "enabled":
             raise RuntimeError(f"could not enable {BINFMT_DIR / BINFMT_NAME}")
         yield before
     finally:
         after = _binfmt_entry_state() if _binfmt_mounted() else "absent"
-        if after != "absent" and before.entry == "absent":
+        if after != "absent" and entry_before == "absent":
             run(["update-binfmts", "--disable", BINFMT_NAME], timeout=60, check=False)
-            if (BINFMT_DIR / BINFMT_NAME).exists():  # not ours to update-binfmts: remove
+            if (BINFMT_DIR / BINFMT_NAME).exists():  # update-binfmts refused: remove it
                 (BINFMT_DIR / BINFMT_NAME).write_text("-1")
-        elif after == "enabled" and before.entry == "disabled":
+        elif after == "enabled" and entry_before == "disabled":
             (BINFMT_DIR / BINFMT_NAME).write_text("0")
         if mounted_here:
             run(["umount", BINFMT_DIR], timeout=30, check=False)
@@ -304,10 +306,10 @@ def remove_tree(root: Path) -> None:
 # ---------------------------------------------------------------------------- rootfs
 
 
-def rootfs_key(mirror: AptSource) -> str:
+def rootfs_key() -> str:
     """Cache key: what the tarball contains (suite, arch, packages, debootstrap)."""
     version = run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], timeout=30).stdout
-    material = f"{SUITE} {ARCH} minbase {' '.join(INCLUDE)} {version}"
+    material = f"{SUITE} {ARCH} minbase {' '.join(INCLUDE)} {version} no-apt-lists"
     return hashlib.sha256(material.encode()).hexdigest()[:12]
 
 
@@ -318,7 +320,7 @@ def cached_rootfs(dest: Path, timings: Timings) -> Path:
     aarch64 binaries. Returns the tarball path.
     """
     mirror = apt_mirror()
-    tarball = CACHE / f"{SUITE}-{ARCH}-minbase-{rootfs_key(mirror)}.tar.zst"
+    tarball = CACHE / f"{SUITE}-{ARCH}-minbase-{rootfs_key()}.tar.zst"
     if not tarball.exists():
         build = CACHE / "build-rootfs"
         remove_tree(build)
@@ -343,6 +345,12 @@ def cached_rootfs(dest: Path, timings: Timings) -> Path:
                 )
             # debootstrap's own /proc, /sys mounts must be gone before tar and rm.
             unmount_all_under(build)
+            # The tests never run apt in the guest: drop the package lists and .debs
+            # (about half the tarball).
+            for junk in ("var/lib/apt/lists", "var/cache/apt/archives"):
+                for path in (build / junk).glob("*"):
+                    if path.is_file() and path.name != "lock":
+                        path.unlink()
             with timings.phase("rootfs tarball: create"):
                 partial = tarball.with_suffix(".partial")
                 run(
@@ -431,6 +439,64 @@ class Chroot:
             env=self.env(),
             check=check,
         )
+
+
+def install_from_wheelhouse(
+    chroot: Chroot,
+    python: str,
+    requirements: Sequence[str],
+    *,
+    targets: Sequence[str] = (),
+    salt: str,
+    timeout: float,
+) -> bool:
+    """pip install `targets` and `requirements` into a guest venv, offline, from a wheelhouse.
+
+    The wheelhouse (`.cache/arm64/guest-pip/wheelhouse/<hash>`) is filled the first time
+    by `pip download --only-binary=:all:` run in the guest, so pip resolves against PyPI
+    with the guest's own tags, as on a Pi. Later runs install without the network: PyPI
+    answers here carry no cache headers, so PIP_CACHE_DIR alone does not make re-runs
+    fast. The key is the requirement list and `salt` (the rootfs tarball); versions stay
+    pinned until `.cache/arm64` is removed. Returns True when the wheelhouse was reused.
+    """
+    material = "\n".join([salt, *sorted(requirements)])
+    key = hashlib.sha256(material.encode()).hexdigest()[:12]
+    host_dir = chroot.pip_cache / "wheelhouse" / key
+    guest_dir = f"{GUEST_PIP_CACHE}/wheelhouse/{key}"
+    pip = [python, "-m", "pip"]
+    reused = (host_dir / ".complete").is_file()
+    if not reused:
+        shutil.rmtree(host_dir, ignore_errors=True)
+        chroot.run(
+            [
+                *pip,
+                "download",
+                "-q",
+                "--progress-bar",
+                "off",
+                "--only-binary=:all:",
+                "-d",
+                guest_dir,
+                *requirements,
+            ],
+            timeout=timeout,
+        )
+        (host_dir / ".complete").write_text(material + "\n")
+    chroot.run(
+        [
+            *pip,
+            "install",
+            "-q",
+            "--no-compile",
+            "--no-index",
+            "--find-links",
+            guest_dir,
+            *targets,
+            *requirements,
+        ],
+        timeout=timeout,
+    )
+    return reused
 
 
 # ---------------------------------------------------------------------------- wheel

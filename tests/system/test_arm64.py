@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,8 @@ class Arm64Guest:
     root: Path
     chroot: arm64.Chroot
     timings: arm64.Timings
+    wheelhouse_reused: dict[str, bool] = field(default_factory=dict)
+    report: list[str] = field(default_factory=list)  # classify output, for the summary
 
     def site_packages(self, venv: Venv) -> Path:
         found = sorted((self.root / venv.path.lstrip("/")).glob("lib/python3*/site-packages"))
@@ -68,10 +71,12 @@ class Arm64Guest:
 
 def _require_root_and_tools() -> None:
     if os.geteuid() != 0:
-        pytest.skip(
-            "SKIPPED LOUDLY: the arm64 install-path test needs root (debootstrap, chroot, "
+        reason = (
+            "arm64 install-path test NOT RUN: it needs root (debootstrap, chroot, "
             f"mounting binfmt_misc); running as uid {os.geteuid()}. CI runs it as root."
         )
+        warnings.warn(reason, stacklevel=1)
+        pytest.skip(reason)
     missing = arm64.missing_tools()
     if missing:
         pytest.fail(
@@ -85,14 +90,23 @@ def _require_root_and_tools() -> None:
             pytest.fail("arm64 test: this kernel has no binfmt_misc", pytrace=False)
 
 
-def _install_venvs(guest: Arm64Guest, wheel: str, requirements: list[str]) -> None:
+def _install_venvs(guest: Arm64Guest, wheel: str, requirements: list[str], salt: str) -> None:
     run = guest.chroot.run
-    pip_flags = ["--no-compile", "--progress-bar", "off"]
 
+    # litert: the wheel with its default dependencies (the aarch64 marker pulls in
+    # ai-edge-litert; numpy resolves to 2.x).
     litert = VENVS["litert"]
     with guest.timings.phase("venv litert: pip install (emulated)"):
         run(["python3", "-m", "venv", litert.path], timeout=300)
-        run([litert.python, "-m", "pip", "install", *pip_flags, wheel], timeout=INSTALL_TIMEOUT)
+        reused = arm64.install_from_wheelhouse(
+            guest.chroot,
+            litert.python,
+            requirements,
+            targets=[wheel],
+            salt=salt,
+            timeout=INSTALL_TIMEOUT,
+        )
+    guest.wheelhouse_reused["litert"] = reused
 
     # tflite-runtime: the wheel without its default deps (they pull ai-edge-litert),
     # then those deps minus ai-edge-litert and numpy, plus numpy<2 and the old runtime.
@@ -101,22 +115,40 @@ def _install_venvs(guest: Arm64Guest, wheel: str, requirements: list[str]) -> No
     with guest.timings.phase("venv tflite-runtime: pip install (emulated)"):
         run(["python3", "-m", "venv", old.path], timeout=300)
         run(
-            [old.python, "-m", "pip", "install", *pip_flags, "--no-deps", wheel],
-            timeout=INSTALL_TIMEOUT,
-        )
-        run(
             [
                 old.python,
                 "-m",
                 "pip",
                 "install",
-                *pip_flags,
-                *deps,
-                "numpy<2",
-                "tflite-runtime==2.14.0",
+                "-q",
+                "--no-compile",
+                "--no-index",
+                "--no-deps",
+                wheel,
             ],
             timeout=INSTALL_TIMEOUT,
         )
+        reused = arm64.install_from_wheelhouse(
+            guest.chroot,
+            old.python,
+            [*deps, "numpy<2", "tflite-runtime==2.14.0"],
+            salt=salt,
+            timeout=INSTALL_TIMEOUT,
+        )
+    guest.wheelhouse_reused["tflite-runtime"] = reused
+
+
+class _TimingsReport:
+    """A plugin registered at teardown: prints the timings in the terminal summary
+    (fixture teardown output itself is captured)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        terminalreporter.section("arm64 install path timings")
+        for line in self.lines:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +161,7 @@ def guest(
     root = work / "rootfs"
     before = arm64.BinfmtState.now()
     tarball: Path | None = None
+    guest: Arm64Guest | None = None
     try:
         with arm64.exclusive_lock(arm64.CACHE / "lock"), arm64.qemu_aarch64():
             wheel = arm64.build_wheel(work / "wheel", timings)
@@ -139,21 +172,26 @@ def guest(
             (root / GUEST_WHEELS.lstrip("/")).mkdir(parents=True, exist_ok=True)
             shutil.copy2(wheel, root / GUEST_WHEELS.lstrip("/"))
             guest = Arm64Guest(root, arm64.Chroot(root, arm64.CACHE / "guest-pip"), timings)
-            _install_venvs(guest, f"{GUEST_WHEELS}/{wheel.name}", arm64.wheel_requirements(wheel))
+            _install_venvs(
+                guest,
+                f"{GUEST_WHEELS}/{wheel.name}",
+                arm64.wheel_requirements(wheel),
+                tarball.name,
+            )
             yield guest
     finally:
         try:
             arm64.remove_tree(root)
         finally:
-            reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
-                reporter.write_line("")
-                reporter.write_line(
-                    f"arm64 timings (binfmt found: {before}; rootfs cache: "
-                    f"{tarball.name if tarball else '-'}):"
-                )
-                for line in timings.lines():
-                    reporter.write_line("  " + line)
+            lines = [
+                f"binfmt as found: {before}",
+                f"rootfs cache: {tarball.name if tarball else '-'}",
+                *timings.lines(),
+            ]
+            if guest is not None:
+                lines.append(f"wheelhouse reused: {guest.wheelhouse_reused}")
+                lines.extend(guest.report)
+            request.config.pluginmanager.register(_TimingsReport(lines), "arm64-timings")
     # Hygiene, checked after the context managers have restored everything.
     assert not arm64.mounts_under(work), arm64.mounts_under(work)
     assert arm64.BinfmtState.now() == before, "binfmt_misc not restored"
@@ -217,7 +255,8 @@ def test_classify_under_emulation(guest: Arm64Guest, backend: str) -> None:
             timeout=CLASSIFY_TIMEOUT,
         )
     lines = [line for line in result.stdout.splitlines() if line.startswith("/opt/")]
-    print(f"[{backend}] numpy {numpy_version}:", *lines, sep="\n  ")
+    guest.report.append(f"[{backend}] {probe}")
+    guest.report.extend(f"  {line}" for line in lines)
     ranked = dict(arm64.parse_classify_line(line) for line in lines)
     coffee = ranked[guest.guest_path(photos[0])]
     rocket = ranked[guest.guest_path(photos[1])]
