@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 from pi_daemon import __version__
 from pi_daemon.classifier import Classifier
-from pi_daemon.config import Config, resolve_relative
+from pi_daemon.config import Config, load_config, resolve_relative
 from pi_daemon.daemon import Daemon, LoopSettings
 from pi_daemon.errors import PiDaemonError
 from pi_daemon.events import Event, emit
+from pi_daemon.governor import SensorGovernor
+from pi_daemon.metrics import start_metrics
 from pi_daemon.model import Model, load_model
+from pi_daemon.notify import SystemdNotifier
 from pi_daemon.sinks.base import Sink, SinkDispatcher
 from pi_daemon.sinks.jsonl import JsonlSink
 from pi_daemon.sinks.log import LogSink
-from pi_daemon.sources import create_source
+from pi_daemon.sources import FrameSource, create_source
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,14 @@ def loop_settings(config: Config) -> LoopSettings:
 def run_service(config: Config, config_path: Path | None, max_frames: int | None = None) -> int:
     """Load everything, run the loop until stopped, return the exit code."""
     base_dir = config_path.parent if config_path else None
+    stop = threading.Event()
+    # Early, so SIGTERM during a slow model load still ends in a clean exit 0.
+    _install_signal_handlers(stop)
+    # The watchdog kills with SIGABRT: dump every thread's stack to stderr (the journal)
+    # first, so a hang leaves a record of where it was stuck.
+    faulthandler.enable(all_threads=True)
+    notifier = SystemdNotifier()
+    notifier.status("loading model")
     classifier = build_classifier(config, base_dir)
     model = classifier.model
     emit(
@@ -86,18 +100,40 @@ def run_service(config: Config, config_path: Path | None, max_frames: int | None
         backend=model.loaded.backend,
         num_threads=config.model.num_threads,
     )
-    source = create_source(config, model.input_size, base_dir)
+    # Bind before touching the camera: a port clash is a config error (exit 78).
+    metrics = start_metrics(config.metrics)
+    source = with_source_fault(create_source(config, model.input_size, base_dir), config, stop)
     source.open()
     log.info("source: %s", source.describe())
-    stop = threading.Event()
+    notifier.status(f"waiting for the first frame from {source.name}")
     try:
-        dispatcher = SinkDispatcher(build_sinks(config, base_dir))
+        extra_sinks = [metrics.sink] if metrics else []
+        dispatcher = SinkDispatcher(build_sinks(config, base_dir) + extra_sinks)
     except PiDaemonError:
         source.close()
         raise
-    daemon = Daemon(classifier, source, dispatcher, loop_settings(config), stop=stop)
-    _install_signal_handlers(daemon)
-    code = daemon.run(max_frames)
+    reloader = Reloader(config, config_path, notifier, stop)
+    daemon = Daemon(
+        with_invoke_fault(classifier, config, stop),
+        source,
+        dispatcher,
+        loop_settings(config),
+        # Thermal/memory throttling; off, the loop runs flat out (UnlimitedGovernor).
+        governor=SensorGovernor.from_config(config) if config.throttle.enabled else None,
+        notifier=notifier,
+        stop=stop,
+        reload=reloader,
+    )
+    reloader.daemon = daemon
+    if metrics:
+        metrics.watch(daemon)
+    _install_signal_handlers(stop, daemon.reload_requested)
+    try:
+        code = daemon.run(max_frames)
+    finally:
+        notifier.close()
+        if metrics:
+            metrics.close()
     emit(
         log,
         logging.INFO,
@@ -110,13 +146,214 @@ def run_service(config: Config, config_path: Path | None, max_frames: int | None
     return code
 
 
-def _install_signal_handlers(daemon: Daemon) -> None:
+def _install_signal_handlers(
+    stop: threading.Event, reload_requested: threading.Event | None = None
+) -> None:
+    """SIGTERM/SIGINT set `stop`; SIGHUP sets `reload_requested` (ignored until it exists).
+
+    The handlers only start a short thread that logs and sets the Event: a Python signal
+    handler runs on the main thread between bytecodes, possibly while that thread holds
+    the Event's or the log queue's (non-reentrant) lock, and taking it again there would
+    deadlock.
+    """
     if threading.current_thread() is not threading.main_thread():
         return
 
+    def later(action: Callable[[], None]) -> None:
+        threading.Thread(target=action, name="signal", daemon=True).start()
+
     def request_stop(signum: int, _frame: object) -> None:
-        log.info("%s received: stopping", signal.Signals(signum).name)
-        daemon.stop.set()
+        def act() -> None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            stop.set()
+
+        later(act)
+
+    def request_reload(_signum: int, _frame: object) -> None:
+        def act() -> None:
+            if reload_requested is None:
+                log.warning("SIGHUP received while starting: ignored (nothing to reload yet)")
+                return
+            log.info("SIGHUP received: reloading config and model")
+            reload_requested.set()
+
+        later(act)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
+
+
+# -- SIGHUP reload ------------------------------------------------------------------
+
+# Sections a reload applies (they only shape the Classifier); changes to any other key
+# are logged as needing a restart rather than silently ignored.
+RELOADABLE_SECTIONS = frozenset({"model", "preprocess", "testing"})
+
+
+def settings_needing_restart(running: Config, new: Config) -> list[str]:
+    """Dotted keys that differ between the configs and that a reload cannot apply."""
+    old_data, new_data = running.model_dump(), new.model_dump()
+    changed: list[str] = []
+    for key, old_value in old_data.items():
+        new_value = new_data.get(key)
+        if key in RELOADABLE_SECTIONS or old_value == new_value:
+            continue
+        if isinstance(old_value, dict) and isinstance(new_value, dict):
+            changed += [f"{key}.{k}" for k in old_value if old_value[k] != new_value.get(k)]
+        else:
+            changed.append(key)
+    return changed
+
+
+class Reloader:
+    """The daemon's `reload=` callback: re-read the config file and the model, validate
+    both, and hand back a new Classifier, or None to keep running on the old one.
+
+    It runs on the loop's thread between frames, so the swap needs no lock.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        notifier: SystemdNotifier,
+        stop: threading.Event,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier
+        self.stop = stop
+        self.daemon: Daemon | None = None
+
+    def __call__(self) -> Classifier | None:
+        # systemd holds the unit in "reloading" from RELOADING=1 until READY=1, so READY=1
+        # follows whatever the outcome: a failed reload leaves the service running.
+        self.notifier.reloading()
+        try:
+            return self._reload()
+        finally:
+            status = self.daemon.status_line() if self.daemon else "running"
+            self.notifier.ready(status)
+
+    def _reload(self) -> Classifier | None:
+        path = self.config_path
+        base_dir = path.parent if path else None
+        try:
+            new = load_config(path) if path else self.config
+        except PiDaemonError as error:
+            self._failed(f"config: {error}")
+            return None
+        try:
+            classifier = build_classifier(new, base_dir)
+        except PiDaemonError as error:
+            self._failed(f"model: {error}")
+            return None
+        except Exception as error:  # a reload must never take a running service down
+            self._failed(f"model: {type(error).__name__}: {error}")
+            return None
+        restart = settings_needing_restart(self.config, new)
+        if restart:
+            log.warning(
+                "reload: %s changed; these take effect at the next restart",
+                ", ".join(restart),
+            )
+        # Keep comparing against what is really running: only the reloadable part changed.
+        self.config = self.config.model_copy(
+            update={name: getattr(new, name) for name in RELOADABLE_SECTIONS}
+        )
+        model = classifier.model
+        emit(
+            log,
+            logging.INFO,
+            Event.RELOAD,
+            "reloaded: model %s (sha256 %s…) on %s, %d threads",
+            model.name,
+            model.sha256[:12],
+            model.loaded.backend,
+            new.model.num_threads,
+            model=model.name,
+            model_sha256=model.sha256,
+            backend=model.loaded.backend,
+            num_threads=new.model.num_threads,
+            result="ok",
+        )
+        return with_invoke_fault(classifier, new, self.stop)
+
+    def _failed(self, reason: str) -> None:
+        running = self.daemon.classifier.model if self.daemon else None
+        emit(
+            log,
+            logging.ERROR,
+            Event.RELOAD,
+            "reload failed, still running model %s (sha256 %s…): %s",
+            running.name if running else "?",
+            running.sha256[:12] if running else "?",
+            "; ".join(str(reason).splitlines()),
+            model=running.name if running else None,
+            model_sha256=running.sha256 if running else None,
+            result="failed",
+        )
+
+
+# -- test-only faults ([testing] in the config; refused without PI_DAEMON_ALLOW_FAULTS=1) --
+
+
+class _HangingClassifier:
+    """Classifies `after` frames, then blocks in classify() until `stop`: a stuck invoke."""
+
+    def __init__(self, inner: Classifier, after: int, stop: threading.Event) -> None:
+        self._inner, self._after, self._stop = inner, after, stop
+        self._count = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def classify(self, frame: Any, **kwargs: Any) -> Any:
+        if self._count == self._after:
+            log.warning("testing fault: inference hangs now (until stop)")
+        if self._count >= self._after:
+            self._stop.wait()  # released by SIGTERM, so a clean stop still works
+        self._count += 1
+        return self._inner.classify(frame, **kwargs)
+
+
+class _HangingSource(FrameSource):
+    """Reads `after` frames, then blocks in read() until `stop`: a stuck camera."""
+
+    def __init__(self, inner: FrameSource, after: int, stop: threading.Event) -> None:
+        super().__init__()
+        self._inner, self._after, self._stop = inner, after, stop
+        self._count = 0
+        self.name, self.live = inner.name, inner.live
+
+    def open(self) -> None:
+        self._inner.open()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def describe(self) -> str:
+        return f"{self._inner.describe()} [testing: hangs after {self._after} frames]"
+
+    def read(self, timeout: float) -> Any:
+        if self._count == self._after:
+            log.warning("testing fault: capture hangs now (until stop)")
+        if self._count >= self._after:
+            self._stop.wait()
+        self._count += 1
+        return self._inner.read(timeout)
+
+
+def with_invoke_fault(classifier: Classifier, config: Config, stop: threading.Event) -> Classifier:
+    testing = config.testing
+    if testing.fault != "hang-invoke":
+        return classifier
+    return cast(Classifier, _HangingClassifier(classifier, testing.fault_after_frames, stop))
+
+
+def with_source_fault(source: FrameSource, config: Config, stop: threading.Event) -> FrameSource:
+    testing = config.testing
+    if testing.fault != "hang-capture":
+        return source
+    return _HangingSource(source, testing.fault_after_frames, stop)

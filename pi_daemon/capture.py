@@ -1,6 +1,9 @@
 """The capture thread and the one-slot "latest frame" handoff to the inference loop.
 
 Capture runs beside inference so the camera's wait is hidden behind `invoke()`.
+With a `FramePreparer` the capture thread also crops, resizes and colour-converts
+each frame to the model's input, so that work overlaps `invoke()` too and the
+inference loop only copies a model-sized picture into the input tensor.
 The slot holds at most one frame: a live camera overwrites it (the newest frame
 wins and the overwritten one is counted as dropped), a replayed file waits for
 the consumer so no frame is skipped. Nothing ever queues up.
@@ -9,14 +12,17 @@ the consumer so no frame is skipped. Nothing ever queues up.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from pi_daemon.errors import PiDaemonError, SourceFailed
 from pi_daemon.events import Event, emit
-from pi_daemon.preprocess import Frame, FrameShapeError, check_frame
+from pi_daemon.preprocess import CropMode, Frame, FrameShapeError, Preprocessor, check_frame
 from pi_daemon.sources.base import FrameSource, SourceEnded, SourceError
 
 log = logging.getLogger(__name__)
@@ -48,8 +54,14 @@ class LatestFrameSlot:
             self._final = reason
             self._cond.notify_all()
 
-    def take(self, timeout: float) -> Frame | None:
-        """The newest frame, or None after `timeout`; raises the finishing reason."""
+    def take(self, timeout: float, wake_producer: bool = True) -> Frame | None:
+        """The newest frame, or None after `timeout`; raises the finishing reason.
+
+        `wake_producer=False` leaves a waiting producer asleep until `wake_producer()`:
+        the daemon calls that once the frame is in the input tensor, so the capture
+        thread prepares the next frame while invoke() runs (and has released the GIL),
+        not while the loop is still copying.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._frame is None:
@@ -60,8 +72,56 @@ class LatestFrameSlot:
                     return None
                 self._cond.wait(remaining)
             frame, self._frame = self._frame, None
-            self._cond.notify_all()
+            if wake_producer:
+                self._cond.notify_all()
             return frame
+
+    def wake_producer(self) -> None:
+        """Let a producer waiting in `put()` see that the slot is free."""
+        with self._cond:
+            self._cond.notify_all()
+
+
+class FramePreparer:
+    """Turns source frames into model-sized RGB frames, on the capture thread.
+
+    Profiling the loop showed the crop + INTER_AREA resize of a camera-sized frame
+    costing ~20% of an int8 `invoke()`; done here it runs while the interpreter
+    works. The classifier's own Preprocessor then finds an RGB frame of exactly the
+    model's size and only copies it, so results are bit-identical either way.
+
+    Output pictures live in a small pool of reused buffers: a buffer is handed out
+    again only once no Frame references it (one may sit in the slot and one be held
+    by the consumer), so nothing is overwritten while the loop reads it and the
+    steady state allocates no pixel memory.
+    """
+
+    POOL_SIZE = 3  # one in the slot, one held by the loop, one being written
+    POOL_LIMIT = 8
+
+    def __init__(self, width: int, height: int, crop: CropMode = "center") -> None:
+        self.size = (width, height)
+        self._preprocess = Preprocessor(width, height, crop)
+        self._pool = [np.empty((height, width, 3), np.uint8) for _ in range(self.POOL_SIZE)]
+
+    def __call__(self, frame: Frame) -> Frame:
+        if frame.fmt == "RGB" and frame.size == self.size:
+            return frame
+        buffer = self._free_buffer()
+        self._preprocess(frame, buffer)
+        return Frame(buffer, "RGB", frame.frame_id, frame.wall_time, frame.monotonic)
+
+    def _free_buffer(self) -> np.ndarray:
+        for buffer in self._pool:
+            # Three references mean unused: the pool list, `buffer` and getrefcount's
+            # argument. Any Frame (or view) still holding it adds one.
+            if sys.getrefcount(buffer) <= 3:
+                return buffer
+        width, height = self.size
+        buffer = np.empty((height, width, 3), np.uint8)
+        if len(self._pool) < self.POOL_LIMIT:
+            self._pool.append(buffer)
+        return buffer
 
 
 @dataclass(frozen=True)
@@ -91,6 +151,7 @@ class CaptureThread(threading.Thread):
         retry: RetryPolicy,
         read_timeout_s: float = 5.0,
         on_frame: Callable[[], None] | None = None,
+        prepare: Callable[[Frame], Frame] | None = None,
     ) -> None:
         super().__init__(name="capture", daemon=True)
         self.source = source
@@ -99,6 +160,8 @@ class CaptureThread(threading.Thread):
         self.retry = retry
         self.read_timeout_s = read_timeout_s
         self.on_frame = on_frame
+        # Swapped by the daemon when a reload changes the model's input geometry.
+        self.prepare = prepare
         self.failures = 0
         self.reconnects = 0
 
@@ -119,6 +182,8 @@ class CaptureThread(threading.Thread):
             try:
                 frame = self.source.read(self.read_timeout_s)
                 check_frame(frame)
+                if self.prepare is not None:
+                    frame = self.prepare(frame)
             except (SourceError, FrameShapeError) as error:
                 self._fault(str(error))
                 continue

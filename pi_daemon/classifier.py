@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +107,14 @@ class Classifier:
     def write_input(self, frame: Frame) -> None:
         """Preprocess `frame` straight into the interpreter's input tensor."""
         tensor = self._input_tensor()[0]
+        if frame.fmt == "RGB" and frame.pixels.shape == tensor.shape:
+            # Already model-sized RGB (the capture thread prepared it): a single copy or
+            # LUT pass straight into the tensor, without the crop/resize bookkeeping.
+            if self._lut is None:
+                np.copyto(tensor, frame.pixels)
+            else:
+                np.take(self._lut, frame.pixels, out=tensor)
+            return
         if self._lut is None:
             self.preprocess(frame, tensor)
         else:
@@ -117,9 +126,14 @@ class Classifier:
         labels = self.model.labels
         return [Prediction(i, labels[i], s) for i, s in self.top_k(self._output_tensor())]
 
-    def classify(self, frame: Frame) -> Classification:
+    def classify(
+        self, frame: Frame, before_invoke: Callable[[], None] | None = None
+    ) -> Classification:
+        """Classify one frame; `before_invoke` runs once the input tensor is written."""
         t0 = time.perf_counter()
         self.write_input(frame)
+        if before_invoke is not None:
+            before_invoke()
         t1 = time.perf_counter()
         self.interpreter.invoke()
         t2 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Command line: `pi-daemon run | classify | check-config | --version`.
+"""Command line: `pi-daemon run | classify | check-config | bench | --version`.
 
 Every anticipated failure is a PiDaemonError: printed as one line on stderr and
 turned into its sysexits code. Only a genuine bug produces a traceback.
@@ -15,7 +15,7 @@ from pathlib import Path
 from pi_daemon import __version__
 from pi_daemon.config import DEFAULT_CONFIG_PATH, load_config
 from pi_daemon.errors import EX_OK, PiDaemonError
-from pi_daemon.logsetup import setup_logging
+from pi_daemon.logsetup import logging_target, setup_logging, shutdown_logging
 
 PROG = "pi-daemon"
 
@@ -54,6 +54,45 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file")
     check.add_argument("path", nargs="?", type=Path, default=DEFAULT_CONFIG_PATH)
+
+    bench = commands.add_parser(
+        "bench", help="measure bare interpreter vs full pipeline throughput, stages, RSS"
+    )
+    bench.add_argument("--config", type=Path, default=None, help="config file (as for run)")
+    bench.add_argument("--model", default="", help="model file (default: the config's)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="interpreter thread counts (default: 1 and the config's num_threads)",
+    )
+    amount = bench.add_mutually_exclusive_group()
+    amount.add_argument("--frames", type=int, default=500, metavar="N", help="frames per run")
+    amount.add_argument("--seconds", type=float, default=None, metavar="S", help="time per run")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument(
+        "--float-model", default="", metavar="PATH", help="float32 twin (default: from a checkout)"
+    )
+    bench.add_argument(
+        "--compare-python",
+        default="",
+        metavar="PATH",
+        help="a python with tflite-runtime (and numpy<2) for the backend comparison",
+    )
+    bench.add_argument(
+        "--replay-size",
+        default="",
+        metavar="WxH",
+        help="replay video frame size (default: the model input, like the Pi's lores stream)",
+    )
+    bench.add_argument(
+        "--replay",
+        default="images",
+        choices=["images", "video"],
+        help="replay decoded photos from memory (like camera buffers) or decode a video",
+    )
     return parser
 
 
@@ -65,7 +104,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         path = DEFAULT_CONFIG_PATH
     config = load_config(path)
     setup_logging(config.output.log_level)
-    return run_service(config, path, args.max_frames)
+    try:
+        return run_service(config, path, args.max_frames)
+    except PiDaemonError as error:
+        if logging_target() == "journal":
+            # main() prints the one-line error on stderr as always; this copy carries
+            # fields, so `journalctl PI_DAEMON_EVENT=error` finds why the service died.
+            from pi_daemon.events import Event, emit
+
+            emit(
+                logging.getLogger(__name__),
+                logging.ERROR,
+                Event.ERROR,
+                "exiting with code %d: %s",
+                error.exit_code,
+                "; ".join(str(error).splitlines()),
+                exit_code=error.exit_code,
+            )
+        raise
+    finally:
+        # Drain the log queue before the process ends (the journal gets the last lines).
+        shutdown_logging()
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
@@ -104,9 +163,39 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pi_daemon import bench
+
+    path: Path | None = args.config
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    config = load_config(path)
+    # Warnings only: the table is the output, and per-label log lines would bury it.
+    setup_logging("warning", target="stderr")
+    options = bench.BenchOptions(
+        threads=args.threads or [],
+        frames=args.frames,
+        seconds=args.seconds,
+        model=args.model,
+        float_model=args.float_model,
+        compare_python=args.compare_python,
+        replay_size=bench.parse_size(args.replay_size) if args.replay_size else None,
+        replay=args.replay,
+    )
+    try:
+        return bench.main(config, path, options, args.json)
+    finally:
+        shutdown_logging()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": _cmd_run, "classify": _cmd_classify, "check-config": _cmd_check_config}
+    handler = {
+        "run": _cmd_run,
+        "classify": _cmd_classify,
+        "check-config": _cmd_check_config,
+        "bench": _cmd_bench,
+    }
     try:
         return handler[args.command](args)
     except PiDaemonError as error:

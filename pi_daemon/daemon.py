@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pi_daemon.capture import CaptureThread, LatestFrameSlot, RetryPolicy
+from pi_daemon.capture import CaptureThread, FramePreparer, LatestFrameSlot, RetryPolicy
 from pi_daemon.classifier import Classifier
 from pi_daemon.errors import EX_OK, PiDaemonError, SourceFailed
 from pi_daemon.events import Event, emit
+from pi_daemon.preprocess import Preprocessor
 from pi_daemon.results import LatencyWindow, Result, StageTimes, Summary
 from pi_daemon.sinks.base import SinkDispatcher
 from pi_daemon.sources.base import FrameSource, SourceEnded
@@ -124,7 +125,12 @@ class Daemon:
     def run(self, max_frames: int | None = None) -> int:
         """Process frames; return the process exit code. Raises PiDaemonError on failure."""
         self._capture = CaptureThread(
-            self.source, self.slot, self.stop, self.settings.retry, self.settings.read_timeout_s
+            self.source,
+            self.slot,
+            self.stop,
+            self.settings.retry,
+            self.settings.read_timeout_s,
+            prepare=_preparer_for(self.classifier),
         )
         self._capture.start()
         try:
@@ -158,17 +164,23 @@ class Daemon:
                 self.stop.wait(settings.pause_poll_s)
                 continue
             if now < next_allowed:
+                # Deliberate pacing is progress too: a throttle interval longer than half
+                # the watchdog timeout must not get a healthy daemon killed.
+                self.notifier.progress(now)
                 self.stop.wait(min(next_allowed - now, settings.pause_poll_s))
                 continue
             wait_started = time.perf_counter()
             try:
-                frame = self.slot.take(settings.stall_timeout_s)
+                frame = self._take_frame(settings.stall_timeout_s)
             except SourceEnded:
                 log.info("source ended after %d frames", self.counters.frames)
                 return EX_OK
             except PiDaemonError:
                 raise
             if frame is None:
+                if self.stop.is_set():
+                    break
+                # No progress ping here: a stuck camera must let the watchdog fire.
                 self._stalled()
                 continue
             self.counters.stalls = 0
@@ -179,6 +191,22 @@ class Daemon:
             if max_frames is not None and self.counters.frames >= max_frames:
                 break
         return EX_OK
+
+    def _take_frame(self, timeout: float) -> Any:
+        """`slot.take(timeout)` in short slices, so a stop request ends the wait within
+        ~0.2 s even while the source is stalled (SIGTERM must beat TimeoutStopSec).
+
+        None once stop is set: no new frame is started after a stop request (the capture
+        thread may already have skipped ahead while shutting down)."""
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            frame = self.slot.take(max(0.0, min(remaining, 0.2)), wake_producer=False)
+            if self.stop.is_set():
+                return None
+            if frame is not None or remaining <= 0.2:
+                return frame
+        return None
 
     def _stalled(self) -> None:
         self.counters.stalls += 1
@@ -204,7 +232,8 @@ class Daemon:
     # -- per frame -----------------------------------------------------------
 
     def _process(self, frame: Any, capture_wait: float) -> Result:
-        out = self.classifier.classify(frame)
+        # The capture thread was left asleep by take(): wake it once the frame is copied.
+        out = self.classifier.classify(frame, before_invoke=self.slot.wake_producer)
         times = StageTimes(capture_wait, out.preprocess_s, out.invoke_s, out.postprocess_s)
         result = Result(frame.frame_id, frame.wall_time, time.monotonic(), out.top, times)
         self.dispatcher.submit(result)
@@ -277,3 +306,16 @@ class Daemon:
         replacement = self._reload()
         if replacement is not None:
             self.classifier = replacement
+            if self._capture is not None:
+                self._capture.prepare = _preparer_for(replacement)
+
+
+def _preparer_for(classifier: Classifier) -> FramePreparer | None:
+    """Crop/resize on the capture thread, to the geometry this classifier expects.
+
+    None (the loop preprocesses whole frames) for a classifier without a Preprocessor.
+    """
+    pre = getattr(classifier, "preprocess", None)
+    if not isinstance(pre, Preprocessor):
+        return None
+    return FramePreparer(pre.width, pre.height, pre.crop)

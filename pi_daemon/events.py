@@ -90,4 +90,5 @@ def emit(
 ) -> None:
     """Log `message % args` with the event's structured fields attached."""
     if logger.isEnabledFor(level):
-        logger.log(level, message, *args, extra=fields_for(event, **fields))
+        # stacklevel=2: CODE_FILE/CODE_LINE/CODE_FUNC name emit()'s caller, not emit().
+        logger.log(level, message, *args, extra=fields_for(event, **fields), stacklevel=2)

@@ -1,19 +1,227 @@
-"""Log handler setup, in one place: journald under systemd, stderr otherwise."""
+"""Log handler setup, in one place: journald under systemd, stderr otherwise.
+
+Where logs go (`choose_target`), first match wins:
+
+1. `PI_DAEMON_LOG_TARGET=journal|stderr` forces a target (for tests and odd setups).
+2. `JOURNAL_STREAM` names the device:inode of our stderr: systemd connected stderr to the
+   journal, so we are a service and talk to journald natively instead.
+3. `INVOCATION_ID` is set (systemd sets it for every service process) and the journal socket
+   exists: a service whose stderr was sent elsewhere (StandardError=null/file).
+4. Otherwise stderr: a person at a shell wants to read the lines, even on a systemd host.
+
+The journal handler is systemd-python's `JournalHandler`, imported lazily; without it we fall
+back to stderr with one warning. Every handler runs on a `QueueListener` thread, so a slow
+SD card or a stalled journald never blocks the inference loop (and with it the watchdog).
+"""
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
 import sys
+from collections.abc import Callable, Mapping
+from logging.handlers import QueueHandler, QueueListener
+from pathlib import Path
+from typing import Any, TextIO
+
+from pi_daemon.events import FIELDS
 
 STDERR_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+TARGET_ENV = "PI_DAEMON_LOG_TARGET"
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+SYSLOG_IDENTIFIER = "pi-daemon"
+# Records waiting for the handler thread. Normal volume is a few lines a minute; the bound
+# only matters if journald stalls, and then dropping beats growing without limit on a Pi.
+QUEUE_CAPACITY = 10_000
+
+# Journal fields sent besides our documented FIELDS (everything else on a LogRecord is
+# Python plumbing: msg, args, created, taskName, ... and would only clutter the journal).
+_FIELD_NAMES = frozenset(FIELDS)
 
 
-def setup_logging(level: str = "info") -> None:
-    """Route the package's loggers to stderr with a compact format."""
+def choose_target(
+    env: Mapping[str, str] | None = None,
+    stderr: TextIO | None = None,
+    journal_socket: Path = JOURNAL_SOCKET,
+) -> str:
+    """'journal' or 'stderr', by the rules in the module docstring."""
+    env = os.environ if env is None else env
+    forced = env.get(TARGET_ENV, "").strip().lower()
+    if forced in ("journal", "stderr"):
+        return forced
+    if _stderr_is_journal_stream(env.get("JOURNAL_STREAM", ""), stderr or sys.stderr):
+        return "journal"
+    if env.get("INVOCATION_ID") and journal_socket.exists():
+        return "journal"
+    return "stderr"
+
+
+def _stderr_is_journal_stream(value: str, stderr: TextIO) -> bool:
+    # A child that inherited JOURNAL_STREAM but has stderr redirected must not count
+    # (systemd.exec(5) says to compare device and inode).
+    device, _, inode = value.partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        stat = os.fstat(stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.st_dev == int(device) and stat.st_ino == int(inode)
+
+
+class _DroppingQueueHandler(QueueHandler):
+    """Never blocks the caller: when the queue is full the record is dropped and counted."""
+
+    def __init__(self, records: queue.Queue[Any]) -> None:
+        super().__init__(records)
+        self.dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _Listener(QueueListener):
+    def stop_within(self, timeout: float) -> bool:
+        """Like stop(), but gives up after `timeout` s if a handler is wedged."""
+        thread = self._thread
+        if thread is None:
+            return True
+        try:
+            self.queue.put(self._sentinel, timeout=timeout)
+        except queue.Full:
+            return False
+        thread.join(timeout)
+        self._thread = None
+        return not thread.is_alive()
+
+
+def make_journal_handler(
+    sender: Callable[..., Any] | None = None, fallback: TextIO | None = None
+) -> logging.Handler | None:
+    """A JournalHandler that sends only our documented fields; None without systemd-python."""
+    try:
+        from systemd import journal
+    except ImportError:
+        return None
+
+    class FieldJournalHandler(journal.JournalHandler):  # type: ignore[misc]
+        """JournalHandler.emit() sends every LogRecord attribute (record.__dict__) as a field;
+        this one sends MESSAGE, the standard code/thread fields and our FIELDS only."""
+
+        def __init__(self) -> None:
+            kwargs: dict[str, Any] = {"SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
+            if sender is not None:
+                kwargs["sender_function"] = sender
+            super().__init__(**kwargs)
+            self._fallback = fallback or sys.stderr
+            self._failed = False
+
+        def emit(self, record: logging.LogRecord) -> None:
+            message = self.format(record)
+            fields = {k: v for k, v in record.__dict__.items() if k in _FIELD_NAMES}
+            try:
+                self.send(
+                    message,
+                    PRIORITY=str(self.map_priority(record.levelno)),
+                    LOGGER=record.name,
+                    THREAD_NAME=record.threadName,
+                    CODE_FILE=record.pathname,
+                    CODE_LINE=record.lineno,
+                    CODE_FUNC=record.funcName,
+                    **self._extra,
+                    **fields,
+                )
+            except OSError as error:
+                # journald gone (shutdown, restart): keep the line, say why once.
+                if not self._failed:
+                    self._failed = True
+                    self._fallback.write(f"pi-daemon: journal send failed: {error}\n")
+                self._fallback.write(f"{record.levelname} {message}\n")
+                self._fallback.flush()
+
+    return FieldJournalHandler()
+
+
+class _Stream:
+    """What setup_logging installed, so shutdown_logging can undo it."""
+
+    listener: _Listener | None = None
+    queue_handler: _DroppingQueueHandler | None = None
+    handlers: list[logging.Handler] = []  # noqa: RUF012 - replaced, never mutated
+    target: str = "stderr"
+
+
+def setup_logging(
+    level: str = "info", target: str | None = None, stderr: TextIO | None = None
+) -> str:
+    """Route all loggers to the journal or stderr through a queue; return the target used."""
+    shutdown_logging()
+    stream = stderr or sys.stderr
+    chosen = target or choose_target(stderr=stream)
+    handler: logging.Handler | None = None
+    warning = ""
+    if chosen == "journal":
+        handler = make_journal_handler(fallback=stream)
+        if handler is None:
+            chosen = "stderr"
+            warning = (
+                "systemd-python is not installed: logging to stderr without journal fields "
+                "(pip install 'pi-daemon[journald]', or apt install python3-systemd)"
+            )
+        else:
+            handler.setFormatter(logging.Formatter("%(message)s"))
+    if handler is None:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter(STDERR_FORMAT, "%Y-%m-%d %H:%M:%S"))
+
+    records: queue.Queue[Any] = queue.Queue(QUEUE_CAPACITY)
+    queue_handler = _DroppingQueueHandler(records)
+    listener = _Listener(records, handler, respect_handler_level=True)
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(STDERR_FORMAT, "%Y-%m-%d %H:%M:%S"))
-    root.addHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(queue_handler)
     root.setLevel(level.upper())
+    listener.start()
+    _Stream.listener, _Stream.queue_handler = listener, queue_handler
+    _Stream.handlers, _Stream.target = [handler], chosen
+    if warning:
+        logging.getLogger(__name__).warning("%s", warning)
+    return chosen
+
+
+def logging_target() -> str:
+    """Where setup_logging sent the logs ('journal' or 'stderr')."""
+    return _Stream.target
+
+
+def shutdown_logging(timeout: float = 2.0) -> None:
+    """Deliver queued records, stop the handler thread, and log synchronously from then on.
+
+    Safe to call twice; also runs at exit. A wedged handler is abandoned after `timeout`
+    so exit stays well inside systemd's TimeoutStopSec.
+    """
+    listener, queue_handler = _Stream.listener, _Stream.queue_handler
+    if listener is None or queue_handler is None:
+        return
+    _Stream.listener = _Stream.queue_handler = None
+    root = logging.getLogger()
+    root.removeHandler(queue_handler)
+    drained = listener.stop_within(timeout)
+    for handler in _Stream.handlers:
+        # Late messages (atexit, the CLI's last words) still get out, just synchronously.
+        root.addHandler(handler)
+    log = logging.getLogger(__name__)
+    if not drained:
+        log.warning("log handler did not drain within %.1f s; some lines may be lost", timeout)
+    if queue_handler.dropped:
+        log.warning("%d log records were dropped while the log queue was full",
+                    queue_handler.dropped)
+
+
+atexit.register(shutdown_logging)

@@ -17,6 +17,10 @@ OutputKind = Literal["probabilities", "logits"]
 # the last bits (thread count, backend) never reorders near-equal classes.
 FLOAT_TIE_RESOLUTION = 1e-6
 
+# Up to this k, quantized probabilities use repeated argmax (cheaper than partition+sort).
+FAST_TOP_K_LIMIT = 8
+_BELOW_QUANTIZED = np.iinfo(np.int16).min  # below every uint8/int8 value
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -58,11 +62,16 @@ class TopK:
         self.k = min(k, spec.num_classes)
         # Logits need the whole vector for the softmax denominator: reuse one buffer.
         self._probs = np.empty(spec.num_classes, np.float64) if kind == "logits" else None
+        # Quantized probabilities (the bundled model) take a shorter path; see _top_quantized.
+        fast = kind == "probabilities" and spec.quantized and self.k <= FAST_TOP_K_LIMIT
+        self._scratch = np.empty(spec.num_classes, np.int16) if fast else None
 
     def __call__(self, raw: np.ndarray) -> list[tuple[int, float]]:
         raw = raw.reshape(-1)
         if raw.shape[0] != self.spec.num_classes:
             raise ValueError(f"output has {raw.shape[0]} values, expected {self.spec.num_classes}")
+        if self._scratch is not None:
+            return self._top_quantized(raw)
         if self._probs is not None:
             # Order by the logits themselves: the softmax keeps their order, but
             # tiny probabilities would all round to the same tie.
@@ -82,6 +91,24 @@ class TopK:
         order = np.lexsort((candidates, -ordering[candidates].astype(np.float64)))[:k]
         best = candidates[order]
         return [(int(i), self._score(key, int(i))) for i in best]
+
+    def _top_quantized(self, raw: np.ndarray) -> list[tuple[int, float]]:
+        """Repeated argmax on a scratch copy: same answer, far fewer numpy calls.
+
+        argmax returns the first (lowest-index) maximum, which is exactly the tie rule.
+        This runs right after invoke(), when the CPU caches are cold and every numpy
+        call costs several microseconds: 1 + 2k calls instead of about a dozen.
+        """
+        scratch = self._scratch
+        assert scratch is not None
+        np.copyto(scratch, raw, casting="unsafe")  # int16 holds any uint8/int8 value
+        zero_point, scale = self.spec.zero_point, self.spec.scale
+        best = []
+        for _ in range(self.k):
+            index = int(scratch.argmax())
+            best.append((index, (int(raw[index]) - zero_point) * scale))
+            scratch[index] = _BELOW_QUANTIZED
+        return best
 
     @staticmethod
     def _rounded(raw: np.ndarray) -> np.ndarray:

@@ -112,13 +112,17 @@ def test_stream_that_stalls_then_vanishes_exits_69_keeping_results(cli, write_co
         server.close()
     assert_one_line_error(result, EX_UNAVAILABLE, "giving up after 3 consecutive failures")
     assert "reconnecting in" in result.stderr
-    results = [r for r in read_events(events) if r["type"] == "result"]
-    assert len(results) == 20
+    records = read_events(events)
+    results = [r for r in records if r["type"] == "result"]
+    # A stream is live: a frame the loop was too busy for is dropped, and counted.
+    assert records[-1]["type"] == "summary"
+    assert len(results) + records[-1]["dropped_frames"] == 20
+    assert results[-1]["frame_id"] == 20
     assert events.read_text().endswith("\n")
 
 
 def test_stream_that_drops_and_returns_recovers(cli, write_config, tmp_path):
-    server = MjpegServer([15, 40], stall_s=0.1)
+    server = MjpegServer([15, 300], stall_s=0.1)
     events = tmp_path / "events.jsonl"
     try:
         result = cli(
