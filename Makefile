@@ -27,6 +27,7 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check pi_daemon tests deploy benchmarks
 	$(BIN)/ruff format --check pi_daemon tests deploy benchmarks
+	cd ansible && $(abspath $(BIN))/ansible-lint --profile production --offline
 
 bench: setup
 	$(BIN)/pi-daemon bench

@@ -118,6 +118,7 @@ class Daemon:
         self.slot = LatestFrameSlot()
         self.counters = Counters()
         self._latencies = LatencyWindow()
+        self._dropped_at_last_summary = 0
         self._capture: CaptureThread | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -291,12 +292,14 @@ class Daemon:
             fps=frames / interval,
             latency_p50_ms=p50,
             latency_p95_ms=p95,
-            dropped_frames=self.slot.dropped,
+            # Per interval, like `frames`; the running total is the metrics counter.
+            dropped_frames=self.slot.dropped - self._dropped_at_last_summary,
             extra={"throttle_state": decision.state, **decision.readings},
         )
         self.dispatcher.submit(summary)
         self.notifier.status(self.status_line())
         self._latencies.reset()
+        self._dropped_at_last_summary = self.slot.dropped
         self._summary_started = now
 
     def _do_reload(self) -> None:

@@ -115,8 +115,9 @@ def test_stream_that_stalls_then_vanishes_exits_69_keeping_results(cli, write_co
     records = read_events(events)
     results = [r for r in records if r["type"] == "result"]
     # A stream is live: a frame the loop was too busy for is dropped, and counted.
+    summaries = [r for r in records if r["type"] == "summary"]
     assert records[-1]["type"] == "summary"
-    assert len(results) + records[-1]["dropped_frames"] == 20
+    assert len(results) + sum(s["dropped_frames"] for s in summaries) == 20
     assert results[-1]["frame_id"] == 20
     assert events.read_text().endswith("\n")
 
