@@ -96,12 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_path(given: Path | None) -> Path | None:
+    """The --config path, else the default file if it exists, else None (built-in defaults)."""
+    if given is None and DEFAULT_CONFIG_PATH.exists():
+        return DEFAULT_CONFIG_PATH
+    return given
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pi_daemon.app import run_service
 
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
+    path = _config_path(args.config)
     config = load_config(path)
     setup_logging(config.output.log_level)
     try:
@@ -166,9 +171,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from pi_daemon import bench
 
-    path: Path | None = args.config
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
+    path = _config_path(args.config)
     config = load_config(path)
     # Warnings only: the table is the output, and per-label log lines would bury it.
     setup_logging("warning", target="stderr")
