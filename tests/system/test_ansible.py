@@ -4,7 +4,7 @@ The session fixture `converged_rootfs` (conftest.py) debootstraps bookworm (cach
 provisions it with site.yml and keeps it for every test here: they check what a Pi
 would have, then that a second run and a --check run change nothing. Swap is never
 applied (it would turn swap on for this whole machine) and no health check runs
-(nothing runs in a chroot); tests/system/test_systemd*.py boot the result for that.
+(nothing runs in a chroot); tests/system/test_nspawn.py and test_fleet.py boot the result for that.
 """
 
 from __future__ import annotations
