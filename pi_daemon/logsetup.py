@@ -220,8 +220,9 @@ def shutdown_logging(timeout: float = 2.0) -> None:
     if not drained:
         log.warning("log handler did not drain within %.1f s; some lines may be lost", timeout)
     if queue_handler.dropped:
-        log.warning("%d log records were dropped while the log queue was full",
-                    queue_handler.dropped)
+        log.warning(
+            "%d log records were dropped while the log queue was full", queue_handler.dropped
+        )
 
 
 atexit.register(shutdown_logging)

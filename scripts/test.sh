@@ -15,5 +15,7 @@ echo "== venv"
 bash scripts/setup-venv.sh "${PYTHON:-python3}" "${VENV:-.venv}" "test,metrics,journald"
 echo "== lint"
 .venv/bin/ruff check pi_daemon tests deploy benchmarks
+.venv/bin/ruff format --check pi_daemon tests deploy benchmarks
+(cd ansible && PATH="$PWD/../.venv/bin:$PATH" ../.venv/bin/ansible-lint --profile production --offline -q)
 echo "== tests"
 exec .venv/bin/python -m pytest "$@"

@@ -39,8 +39,11 @@ from tests.test_notify import (
 )
 
 JOURNALD = next(
-    (p for p in ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
-     if os.path.exists(p)),
+    (
+        p
+        for p in ("/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-journald")
+        if os.path.exists(p)
+    ),
     "/lib/systemd/systemd-journald",
 )
 
@@ -89,7 +92,13 @@ def test_journal_handler_sends_only_documented_fields() -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("pi_daemon.test_journald")
     record = logger.makeRecord(
-        logger.name, logging.WARNING, __file__, 42, "frame %d: %s", (7, "tabby"), None,
+        logger.name,
+        logging.WARNING,
+        __file__,
+        42,
+        "frame %d: %s",
+        (7, "tabby"),
+        None,
         extra=fields_for(Event.RESULT, frame_id=7, label="tabby", score=0.9),
     )
     handler.handle(record)
@@ -99,8 +108,15 @@ def test_journal_handler_sends_only_documented_fields() -> None:
     assert fields["MESSAGE_ID"] == MESSAGE_IDS[Event.RESULT]
     assert (fields["FRAME_ID"], fields["LABEL"], fields["SCORE"]) == (7, "tabby", 0.9)
     assert fields["PRIORITY"] == "4" and fields["SYSLOG_IDENTIFIER"] == "pi-daemon"
-    standard = {"PRIORITY", "LOGGER", "THREAD_NAME", "CODE_FILE", "CODE_LINE", "CODE_FUNC",
-                "SYSLOG_IDENTIFIER"}
+    standard = {
+        "PRIORITY",
+        "LOGGER",
+        "THREAD_NAME",
+        "CODE_FILE",
+        "CODE_LINE",
+        "CODE_FUNC",
+        "SYSLOG_IDENTIFIER",
+    }
     # Stock JournalHandler would also send msg, args, created, taskName, CODE_ARGS, ...
     assert set(fields) <= standard | set(FIELDS), set(fields) - standard - set(FIELDS)
 
@@ -115,8 +131,9 @@ def test_without_systemd_python_logs_go_to_stderr_with_one_warning(tmp_path: Pat
         sys.exit(main(["run", "--config", {str(config)!r}, "--max-frames", "3"]))
     """)
     env = {**os.environ, "PI_DAEMON_LOG_TARGET": "journal"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, cwd=REPO, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("systemd-python is not installed") == 1, result.stderr
     assert "ready: first frame classified" in result.stderr
@@ -147,7 +164,8 @@ class PrivateJournal:
         """)
         self.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 15
         while not self._socket_ready():
@@ -166,9 +184,19 @@ class PrivateJournal:
 
     def entries(self, *matches: str) -> list[dict[str, Any]]:
         out = subprocess.run(
-            ["journalctl", "--directory", str(self.directory), "-o", "json", "--no-pager",
-             "SYSLOG_IDENTIFIER=pi-daemon", *matches],
-            capture_output=True, text=True, timeout=30,
+            [
+                "journalctl",
+                "--directory",
+                str(self.directory),
+                "-o",
+                "json",
+                "--no-pager",
+                "SYSLOG_IDENTIFIER=pi-daemon",
+                *matches,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
@@ -341,8 +369,11 @@ def test_an_error_exit_is_a_journal_event_with_its_exit_code(
         extra='[testing]\nfault = "hang-capture"\nfault_after_frames = 2\n'
         "[capture]\nstall_timeout_s = 0.3\nmax_consecutive_failures = 2\n",
     )
-    env = {"INVOCATION_ID": os.urandom(16).hex(), "PI_DAEMON_LOG_TARGET": "",
-           "PI_DAEMON_ALLOW_FAULTS": "1"}
+    env = {
+        "INVOCATION_ID": os.urandom(16).hex(),
+        "PI_DAEMON_LOG_TARGET": "",
+        "PI_DAEMON_ALLOW_FAULTS": "1",
+    }
     daemon = start_daemon(config, env, prefix=private_journal.enter([]))
     assert daemon.wait(30) == 69, daemon.log()
     ours = f"_PID={daemon.proc.pid}"

@@ -69,7 +69,7 @@ labels = "{TINY_LABELS}"
 paths = [{paths}]
 fps = {fps}
 [output]
-events_file = "{folder / 'events.jsonl'}"
+events_file = "{folder / "events.jsonl"}"
 summary_interval_s = 1
 {extra}"""
     )
@@ -147,8 +147,14 @@ class DaemonProcess:
         self.log_path = config.parent / f"daemon-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
         full_env = {**os.environ, **env}
-        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
-                    "INVOCATION_ID", "PI_DAEMON_LOG_TARGET"):
+        for key in (
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "JOURNAL_STREAM",
+            "INVOCATION_ID",
+            "PI_DAEMON_LOG_TARGET",
+        ):
             if key not in env:
                 full_env.pop(key, None)
         full_env.setdefault("PI_DAEMON_LOG_TARGET", "stderr")

@@ -44,9 +44,15 @@ def test_unit_keeps_the_paths_the_ansible_role_installs() -> None:
         "ExecStart=/opt/pi-daemon/venv/bin/pi-daemon run --config /etc/pi-daemon/config.toml"
         in text
     )
-    for line in ("Type=notify", "NotifyAccess=main", "RestartPreventExitStatus=78",
-                 "ExecReload=/bin/kill -HUP $MAINPID", "SupplementaryGroups=video",
-                 "User=pi-daemon", "DevicePolicy=closed"):
+    for line in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "RestartPreventExitStatus=78",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "SupplementaryGroups=video",
+        "User=pi-daemon",
+        "DevicePolicy=closed",
+    ):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert not re.search(r"^PrivateDevices=(yes|true)", text, re.M), "breaks libcamera"
 
@@ -63,7 +69,9 @@ def test_systemd_analyze_verify_is_silent(unit_copy: Path) -> None:
 def test_security_exposure_is_low(unit_copy: Path) -> None:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_copy)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr

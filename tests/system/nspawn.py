@@ -183,6 +183,18 @@ def root_cgroup_names() -> dict[Path, set[str]]:
     }
 
 
+def prepare_host_for_containers() -> dict[Path, set[str]]:
+    """Fail (not skip) without the tools, sweep cgroups left by dead sessions, and
+    return the root cgroup names as they are now, for the hygiene check at the end."""
+    import pytest
+
+    missing = require_tools()
+    if missing:
+        pytest.fail(f"missing {missing}: apt-get install systemd-container util-linux")
+    sweep_stale_cgroups()
+    return root_cgroup_names()
+
+
 # --- processes ----------------------------------------------------------------------------
 
 

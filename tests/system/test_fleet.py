@@ -164,11 +164,7 @@ def fleet(
     rootfs_factory: RootfsFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Fleet]:
-    missing = nspawn.require_tools()
-    if missing:
-        pytest.fail(f"missing {missing}: apt-get install systemd-container util-linux")
-    nspawn.sweep_stale_cgroups()
-    cgroups_before = nspawn.root_cgroup_names()
+    cgroups_before = nspawn.prepare_host_for_containers()
     workdir = tmp_path_factory.mktemp("fleet")
     started = time.monotonic()
     roots = {}

@@ -53,11 +53,7 @@ def host(
     rootfs_factory: RootfsFactory,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Host]:
-    missing = nspawn.require_tools()
-    if missing:
-        pytest.fail(f"missing {missing}: apt-get install systemd-container util-linux")
-    nspawn.sweep_stale_cgroups()
-    cgroups_before = nspawn.root_cgroup_names()
+    cgroups_before = nspawn.prepare_host_for_containers()
     started = time.monotonic()
     root = rootfs_factory.clone(converged_rootfs.root, "nspawn-single")
     nspawn.disable_swap_units(root)
