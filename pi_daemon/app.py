@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from pi_daemon import __version__
 from pi_daemon.classifier import Classifier
-from pi_daemon.config import Config, load_config, resolve_relative
+from pi_daemon.config import Config, as_dict, load_config, replace, resolve_relative
 from pi_daemon.daemon import Daemon, LoopSettings
 from pi_daemon.errors import PiDaemonError
 from pi_daemon.events import Event, emit
@@ -193,7 +193,7 @@ RELOADABLE_SECTIONS = frozenset({"model", "preprocess", "testing"})
 
 def settings_needing_restart(running: Config, new: Config) -> list[str]:
     """Dotted keys that differ between the configs and that a reload cannot apply."""
-    old_data, new_data = running.model_dump(), new.model_dump()
+    old_data, new_data = as_dict(running), as_dict(new)
     changed: list[str] = []
     for key, old_value in old_data.items():
         new_value = new_data.get(key)
@@ -259,8 +259,8 @@ class Reloader:
                 ", ".join(restart),
             )
         # Keep comparing against what is really running: only the reloadable part changed.
-        self.config = self.config.model_copy(
-            update={name: getattr(new, name) for name in RELOADABLE_SECTIONS}
+        self.config = replace(
+            self.config, **{name: getattr(new, name) for name in RELOADABLE_SECTIONS}
         )
         model = classifier.model
         emit(

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pi_daemon import __version__
-from pi_daemon.config import Config
+from pi_daemon.config import Config, replace, to_toml
 from pi_daemon.errors import PiDaemonError
 from pi_daemon.results import Result, Summary
 from pi_daemon.sinks.base import Sink
@@ -79,30 +79,6 @@ def _read(path: Path) -> str | None:
         return path.read_text(encoding="utf-8", errors="replace").strip("\x00\n ")
     except OSError:
         return None
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
-def config_to_toml(config: Config) -> str:
-    """Serialise a validated Config back to TOML (for the `pi-daemon run` subprocess)."""
-    top, sections = [], []
-    for key, value in config.model_dump().items():
-        if isinstance(value, dict):
-            body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items())
-            sections.append(f"[{key}]\n{body}")
-        else:
-            top.append(f"{key} = {_toml_value(value)}\n")
-    return "".join(top) + "\n" + "\n".join(sections)
 
 
 # -- environment ---------------------------------------------------------------------------------
@@ -325,9 +301,9 @@ class StageRecorder(Sink):
 def bench_config(config: Config, replay: list[Path], events: Path) -> Config:
     """The user's config with the replay as source and the events file in the work dir."""
     paths = [str(path) for path in replay]
-    files = config.files.model_copy(update={"paths": paths, "loop": True, "fps": 0.0})
-    output = config.output.model_copy(update={"events_file": str(events)})
-    return config.model_copy(update={"source": "files", "files": files, "output": output})
+    files = replace(config.files, paths=paths, loop=True, fps=0.0)
+    output = replace(config.output, events_file=str(events))
+    return replace(config, source="files", files=files, output=output)
 
 
 @dataclass
@@ -443,8 +419,7 @@ def measure_threads(
     """
     from pi_daemon.app import build_classifier
 
-    model_section = config.model.model_copy(update={"num_threads": threads})
-    config = config.model_copy(update={"model": model_section})
+    config = replace(config, model=replace(config.model, num_threads=threads))
     classifier = build_classifier(config, base_dir)
     per_frames = max(10, frames // ROUNDS)
     per_seconds = seconds / ROUNDS if seconds is not None else None
@@ -501,12 +476,11 @@ def measure_process(config: Config, workdir: Path, frames: int) -> dict[str, Any
     metrics = getattr(config, "metrics", None)
     if metrics is not None and metrics.enabled:
         # Never collide with a daemon already serving on the configured port.
-        config = config.model_copy(update={"metrics": metrics.model_copy(update={"port": 0})})
+        config = replace(config, metrics=replace(metrics, port=0))
     events = workdir / "process-events.jsonl"
-    output = config.output.model_copy(update={"events_file": str(events)})
-    config = config.model_copy(update={"output": output})
+    config = replace(config, output=replace(config.output, events_file=str(events)))
     config_path = workdir / "process.toml"
-    config_path.write_text(config_to_toml(config), encoding="utf-8")
+    config_path.write_text(to_toml(config), encoding="utf-8")
     command = [sys.executable, "-m", "pi_daemon", "run", "--config", str(config_path)]
     command += ["--max-frames", str(frames)]
     started = time.monotonic()
@@ -762,13 +736,13 @@ def run_bench(config: Config, config_path: Path | None, options: BenchOptions) -
     if options.model:
         model_path = str(Path(options.model).resolve())
         update = {"path": model_path, "sha256": "", "labels": ""}
-        config = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        config = replace(config, model=replace(config.model, **update))
     elif config.model.path and base_dir is not None:
         # Absolute paths, so the `pi-daemon run` subprocess config works from anywhere.
         update = {"path": str((base_dir / config.model.path).resolve())}
         if config.model.labels:
             update["labels"] = str((base_dir / config.model.labels).resolve())
-        config = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        config = replace(config, model=replace(config.model, **update))
     probe = load_configured_model(config, base_dir)
     threads = sorted(set(options.threads or [1, config.model.num_threads]))
     started_temp = cpu_temp_c()

@@ -1,69 +1,90 @@
-"""The TOML configuration: one pydantic model per section, unknown keys rejected.
+"""The TOML configuration: one msgspec Struct per section, strictly typed, unknown keys rejected.
 
 Every key, its default and its meaning is documented in `examples/config.toml`;
-keep that file and these models in step (a test checks they agree).
+keep that file and these structs in step (a test checks they agree).
+
+Validation is strict: a value of the wrong type is an error, never coerced
+(`enabled = "false"` is not a boolean, `num_threads = "4"` not an integer, 2.9 not an
+int); floats must be finite; no string may contain NUL; path keys expand `~` now,
+so a user without a home directory is told at load time, not when the file is opened.
+Every problem is reported, one line each, as `origin: key.path: message`.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
+from msgspec import Meta
 
+from pi_daemon import fileio
 from pi_daemon.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/pi-daemon/config.toml")
+# A config file is a few KiB; anything this large is not one.
+MAX_CONFIG_BYTES = fileio.MIB
+
+# A string naming a file or directory: `~` is expanded when the config is loaded.
+PathStr = Annotated[str, Meta(extra={"path": True})]
 
 
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values are validated on assignment."""
+def _range(low: float | None = None, high: float | None = None, **bounds: float) -> Meta:
+    """Bounds for a number: ge/le by default, or gt=/lt= given by name."""
+    if low is not None:
+        bounds.setdefault("ge", low)
+    if high is not None:
+        bounds.setdefault("le", high)
+    return Meta(**bounds)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base for every section: immutable, keyword-only, unknown keys are errors."""
 
 
 class ModelSection(Section):
-    path: str = Field("", description="TFLite model file; empty means the bundled default.")
-    labels: str = Field("", description="Labels file, one per line; empty means beside the model.")
-    sha256: str = Field(
-        "", pattern=r"^([0-9a-f]{64})?$", description="Expected sha256 of the model file."
-    )
+    path: PathStr = ""
+    labels: PathStr = ""
+    sha256: Annotated[str, Meta(pattern=r"^([0-9a-f]{64})?$")] = ""
     backend: Literal["auto", "litert", "tflite-runtime"] = "auto"
-    num_threads: int = Field(2, ge=1, le=64)
-    top_k: int = Field(3, ge=1, le=100)
+    num_threads: Annotated[int, _range(1, 64)] = 2
+    top_k: Annotated[int, _range(1, 100)] = 3
 
 
 class Picamera2Section(Section):
-    camera_num: int = Field(0, ge=0)
-    main_size: tuple[Annotated[int, Field(ge=64)], Annotated[int, Field(ge=64)]] = (640, 480)
-    frame_rate: float = Field(10.0, gt=0, le=120)
-    capture_timeout_s: float = Field(2.0, gt=0, le=60)
+    camera_num: Annotated[int, _range(0, 16)] = 0
+    main_size: tuple[Annotated[int, _range(64, 8192)], Annotated[int, _range(64, 8192)]] = (
+        640,
+        480,
+    )
+    frame_rate: Annotated[float, _range(gt=0, le=120)] = 10.0
+    capture_timeout_s: Annotated[float, _range(gt=0, le=60)] = 2.0
 
 
 class OpenCVSection(Section):
-    device: str = Field("/dev/video0", min_length=1)
-    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    device: Annotated[str, Meta(min_length=1, extra={"path": True})] = "/dev/video0"
+    read_timeout_s: Annotated[float, _range(gt=0, le=300)] = 5.0
 
 
 class FilesSection(Section):
-    paths: list[str] = Field(default_factory=list)
+    paths: list[PathStr] = msgspec.field(default_factory=list)
     loop: bool = True
-    fps: float = Field(0.0, ge=0, le=1000)
+    fps: Annotated[float, _range(0, 1000)] = 0.0
 
 
 class CaptureSection(Section):
-    stall_timeout_s: float = Field(10.0, gt=0, le=3600)
-    max_consecutive_failures: int = Field(5, ge=1, le=10_000)
-    backoff_initial_s: float = Field(0.5, gt=0, le=60)
-    backoff_max_s: float = Field(30.0, gt=0, le=3600)
+    stall_timeout_s: Annotated[float, _range(gt=0, le=3600)] = 10.0
+    max_consecutive_failures: Annotated[int, _range(1, 10_000)] = 5
+    backoff_initial_s: Annotated[float, _range(gt=0, le=60)] = 0.5
+    backoff_max_s: Annotated[float, _range(gt=0, le=3600)] = 30.0
 
-    @model_validator(mode="after")
-    def _backoff_order(self) -> CaptureSection:
+    def __post_init__(self) -> None:
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError("backoff_max_s must be >= backoff_initial_s")
-        return self
 
 
 class PreprocessSection(Section):
@@ -71,11 +92,11 @@ class PreprocessSection(Section):
 
 
 class OutputSection(Section):
-    log_score_threshold: float = Field(0.5, ge=0, le=1)
-    summary_interval_s: float = Field(60.0, ge=1, le=86_400)
-    events_file: str = ""
-    events_max_bytes: int = Field(10 * 1024 * 1024, ge=4096)
-    events_backup_count: int = Field(3, ge=0, le=100)
+    log_score_threshold: Annotated[float, _range(0, 1)] = 0.5
+    summary_interval_s: Annotated[float, _range(1, 86_400)] = 60.0
+    events_file: PathStr = ""
+    events_max_bytes: Annotated[int, _range(4096, 1 << 40)] = 10 * 1024 * 1024
+    events_backup_count: Annotated[int, _range(0, 100)] = 3
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -92,33 +113,35 @@ class TestingSection(Section):
     __test__ = False  # not a pytest test class, despite the name
 
     fault: Literal["none", "hang-invoke", "hang-capture"] = "none"
-    fault_after_frames: int = Field(0, ge=0)
+    fault_after_frames: Annotated[int, _range(0, 1 << 31)] = 0
 
-    @model_validator(mode="after")
-    def _only_when_allowed(self) -> TestingSection:
+    def __post_init__(self) -> None:
         if self.fault != "none" and os.environ.get(FAULTS_ENV) != "1":
             raise ValueError(
                 f'fault = "{self.fault}" is a test-only switch; refused unless '
                 f"{FAULTS_ENV}=1 is set in the environment"
             )
-        return self
 
 
 class SensorsSection(Section):
     """Where the sensor adapters read from (pi_daemon/sensors.py); tests point these at files."""
 
-    thermal_path: str = Field("/sys/class/thermal/thermal_zone0/temp", min_length=1)
-    hwmon_root: str = Field("/sys/class/hwmon", min_length=1)
+    thermal_path: Annotated[str, Meta(min_length=1, extra={"path": True})] = (
+        "/sys/class/thermal/thermal_zone0/temp"
+    )
+    hwmon_root: Annotated[str, Meta(min_length=1, extra={"path": True})] = "/sys/class/hwmon"
     # raspberrypi-hwmon registers itself under this name (drivers/hwmon/raspberrypi-hwmon.c).
-    hwmon_name: str = Field("rpi_volt", min_length=1)
+    hwmon_name: Annotated[str, Meta(min_length=1)] = "rpi_volt"
     vcgencmd_enabled: bool = True
-    vcgencmd_path: str = Field("vcgencmd", min_length=1)
+    vcgencmd_path: Annotated[str, Meta(min_length=1, extra={"path": True})] = "vcgencmd"
     # vcgencmd forks a process and talks to the firmware mailbox: not every poll.
-    vcgencmd_interval_s: float = Field(10.0, ge=1, le=3600)
-    meminfo_path: str = Field("/proc/meminfo", min_length=1)
-    vmstat_path: str = Field("/proc/vmstat", min_length=1)
-    pressure_path: str = Field("/proc/pressure/memory", min_length=1)
-    poll_interval_s: float = Field(1.0, ge=0.05, le=60)
+    vcgencmd_interval_s: Annotated[float, _range(1, 3600)] = 10.0
+    meminfo_path: Annotated[str, Meta(min_length=1, extra={"path": True})] = "/proc/meminfo"
+    vmstat_path: Annotated[str, Meta(min_length=1, extra={"path": True})] = "/proc/vmstat"
+    pressure_path: Annotated[str, Meta(min_length=1, extra={"path": True})] = (
+        "/proc/pressure/memory"
+    )
+    poll_interval_s: Annotated[float, _range(0.05, 60)] = 1.0
 
 
 class ThrottleSection(Section):
@@ -131,47 +154,46 @@ class ThrottleSection(Section):
 
     enabled: bool = True
     # Temperature states, °C. warm: 10 °C under the firmware's 80, where control starts.
-    warm_c: float = Field(70.0, ge=20, le=85)
+    warm_c: Annotated[float, _range(20, 85)] = 70.0
     # Held under load; 4 °C of margin for sensor jitter, the die's fast rise, overshoot.
-    setpoint_c: float = Field(76.0, ge=20, le=85)
+    setpoint_c: Annotated[float, _range(20, 85)] = 76.0
     # 2 °C over the setpoint: the controller is losing (WARNING).
-    hot_c: float = Field(78.0, ge=20, le=85)
+    hot_c: Annotated[float, _range(20, 85)] = 78.0
     # Pause at once, 1 °C (~5 polls of the fastest bare-board rise) short of 80 °C.
-    critical_c: float = Field(79.0, ge=20, le=85)
+    critical_c: Annotated[float, _range(20, 85)] = 79.0
     # Wider than the sensor's ~0.5 °C steps, so a threshold cannot flap.
-    hysteresis_c: float = Field(2.0, gt=0, le=10)
+    hysteresis_c: Annotated[float, _range(gt=0, le=10)] = 2.0
     # The warm/hot label averages this long; critical and the controller use raw readings.
-    label_smoothing_s: float = Field(10.0, ge=0, le=600)
+    label_smoothing_s: Annotated[float, _range(0, 600)] = 10.0
     # Bounds throttle events to a few a minute; entering critical ignores it.
-    min_dwell_s: float = Field(30.0, ge=0, le=3600)
+    min_dwell_s: Annotated[float, _range(0, 3600)] = 30.0
     # One Lite0 invoke on a Pi 4B (~49 ms): the controller's first stretch already bites.
-    start_interval_s: float = Field(0.05, gt=0, le=10)
+    start_interval_s: Annotated[float, _range(gt=0, le=10)] = 0.05
     # ~1 % duty with Lite0: about idle.
-    max_interval_s: float = Field(5.0, gt=0, le=600)
+    max_interval_s: Annotated[float, _range(gt=0, le=600)] = 5.0
     # ln(interval) per °C over the setpoint (+65 % per °C) ...
-    proportional_gain: float = Field(0.5, ge=0, le=10)
+    proportional_gain: Annotated[float, _range(0, 10)] = 0.5
     # ... and per °C·s: integral time 50 s, under the SoC's time constant of minutes.
-    integral_gain: float = Field(0.01, ge=0, le=1)
+    integral_gain: Annotated[float, _range(0, 1)] = 0.01
     # Under-voltage / firmware flags: 2 fps, less current from a sagging supply.
-    flags_min_interval_s: float = Field(0.5, ge=0, le=600)
+    flags_min_interval_s: Annotated[float, _range(0, 600)] = 0.5
     # Pages/s averaged over the window: sustained thrash, not a program starting.
-    swap_in_limit_per_s: float = Field(100.0, gt=0, le=1e6)
-    swap_in_resume_per_s: float = Field(50.0, ge=0, le=1e6)
-    swap_window_s: float = Field(60.0, ge=1, le=3600)
+    swap_in_limit_per_s: Annotated[float, _range(gt=0, le=1e6)] = 100.0
+    swap_in_resume_per_s: Annotated[float, _range(0, 1e6)] = 50.0
+    swap_window_s: Annotated[float, _range(1, 3600)] = 60.0
     # Pi OS has 100 MB of swap: 80 % full leaves ~20 MB before the OOM killer.
-    swap_used_limit_fraction: float = Field(0.8, gt=0, le=1)
-    swap_used_resume_fraction: float = Field(0.7, ge=0, le=1)
+    swap_used_limit_fraction: Annotated[float, _range(gt=0, le=1)] = 0.8
+    swap_used_resume_fraction: Annotated[float, _range(0, 1)] = 0.7
     # PSI some avg10 %: felt as lag at 10; systemd-oomd kills at 60.
-    pressure_limit_pct: float = Field(10.0, gt=0, le=100)
-    pressure_resume_pct: float = Field(5.0, ge=0, le=100)
+    pressure_limit_pct: Annotated[float, _range(gt=0, le=100)] = 10.0
+    pressure_resume_pct: Annotated[float, _range(0, 100)] = 5.0
     # 1 fps while swap/memory pressure lasts: alive and reporting, memory left to others.
-    pressure_min_interval_s: float = Field(1.0, ge=0, le=600)
+    pressure_min_interval_s: Annotated[float, _range(0, 600)] = 1.0
     # About the daemon's own footprint; the 50 MiB gap dwarfs per-frame buffers.
-    mem_floor_mib: float = Field(100.0, ge=0, le=1e6)
-    mem_resume_mib: float = Field(150.0, ge=0, le=1e6)
+    mem_floor_mib: Annotated[float, _range(0, 1e6)] = 100.0
+    mem_resume_mib: Annotated[float, _range(0, 1e6)] = 150.0
 
-    @model_validator(mode="after")
-    def _ordered(self) -> ThrottleSection:
+    def __post_init__(self) -> None:
         if not self.warm_c < self.hot_c < self.critical_c:
             raise ValueError("need warm_c < hot_c < critical_c")
         if not self.warm_c <= self.setpoint_c <= self.hot_c:
@@ -186,7 +208,6 @@ class ThrottleSection(Section):
             raise ValueError("pressure_resume_pct must be < pressure_limit_pct")
         if self.mem_resume_mib <= self.mem_floor_mib:
             raise ValueError("mem_resume_mib must be > mem_floor_mib")
-        return self
 
 
 class MetricsSection(Section):
@@ -194,45 +215,189 @@ class MetricsSection(Section):
 
     enabled: bool = False
     # Loopback by default: a fleet scrapes through its own tunnel or proxy, or sets this.
-    address: str = Field("127.0.0.1", min_length=1)
-    port: int = Field(9110, ge=0, le=65535)  # 0: any free port (tests, bench)
+    address: Annotated[str, Meta(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, _range(0, 65535)] = 9110  # 0: any free port (tests, bench)
 
 
 class Config(Section):
     source: Literal["auto", "picamera2", "opencv", "files"] = "auto"
-    model: ModelSection = ModelSection()
-    picamera2: Picamera2Section = Picamera2Section()
-    opencv: OpenCVSection = OpenCVSection()
-    files: FilesSection = FilesSection()
-    capture: CaptureSection = CaptureSection()
-    preprocess: PreprocessSection = PreprocessSection()
-    output: OutputSection = OutputSection()
-    sensors: SensorsSection = SensorsSection()
-    throttle: ThrottleSection = ThrottleSection()
-    testing: TestingSection = TestingSection()
-    metrics: MetricsSection = MetricsSection()
+    model: ModelSection = msgspec.field(default_factory=ModelSection)
+    picamera2: Picamera2Section = msgspec.field(default_factory=Picamera2Section)
+    opencv: OpenCVSection = msgspec.field(default_factory=OpenCVSection)
+    files: FilesSection = msgspec.field(default_factory=FilesSection)
+    capture: CaptureSection = msgspec.field(default_factory=CaptureSection)
+    preprocess: PreprocessSection = msgspec.field(default_factory=PreprocessSection)
+    output: OutputSection = msgspec.field(default_factory=OutputSection)
+    sensors: SensorsSection = msgspec.field(default_factory=SensorsSection)
+    throttle: ThrottleSection = msgspec.field(default_factory=ThrottleSection)
+    testing: TestingSection = msgspec.field(default_factory=TestingSection)
+    metrics: MetricsSection = msgspec.field(default_factory=MetricsSection)
 
 
-def format_validation_error(error: ValidationError, origin: str) -> list[str]:
-    """One line per problem: `origin: key.path: message`."""
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"{origin}: {path}: {message}")
-    return lines
+# -- validation -----------------------------------------------------------------------------
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, Section)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list | tuple):
+        return f"an array of {len(value)}"
+    text = repr(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    return None
+
+
+def _humanise(message: str, annotation: Any, value: Any) -> tuple[str, str]:
+    """msgspec's message as (relative key path, text) for one line."""
+    text, _, where = message.partition(" - at `")
+    suffix = ""
+    if where:
+        # "$[0]`" or "$.key`" relative to the field: turn into ".0" / ".key".
+        relative = where.rstrip("`").removeprefix("$")
+        suffix = relative.replace("][", ".").replace("[", ".").replace("]", "")
+    choices = _literal_choices(annotation)
+    if choices is not None and text.startswith("Invalid enum value"):
+        names = [repr(choice) for choice in choices]
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+        return suffix, f"must be {listed}, got {_describe(value)}"
+    text = text.replace("`", "")
+    text = text[:1].lower() + text[1:]
+    leaf = _value_at(value, suffix)
+    if leaf is not _MISSING:
+        text = text.split(", got ")[0] + f", got {_describe(leaf)}"
+    return suffix, text
+
+
+_MISSING = object()
+
+
+def _value_at(value: Any, suffix: str) -> Any:
+    """The item at a relative path such as ".1" or ".key" inside `value`, if it is there."""
+    for part in suffix.split(".")[1:]:
+        try:
+            value = value[int(part)] if isinstance(value, list | tuple) else value[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return _MISSING
+    return value
+
+
+def _walk_values(annotation: Any, value: Any) -> typing.Iterator[tuple[str, Any, bool]]:
+    """(relative path, leaf value, is_path) for every scalar in a converted value."""
+    is_path = False
+    if typing.get_origin(annotation) is Annotated:
+        base, *metas = typing.get_args(annotation)
+        is_path = any(isinstance(m, Meta) and (m.extra or {}).get("path") for m in metas)
+        annotation = base
+    if isinstance(value, list | tuple):
+        args = typing.get_args(annotation) or (Any,)
+        for index, item in enumerate(value):
+            item_type = args[index] if len(args) == len(value) and args[-1] is not ... else args[0]
+            for sub, leaf, leaf_is_path in _walk_values(item_type, item):
+                yield f".{index}{sub}", leaf, leaf_is_path
+        return
+    yield "", value, is_path
+
+
+def _expand_home(text: str) -> str:
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        raise ValueError(
+            f"cannot expand {text.split('/')[0]!r}: that user has no home directory "
+            "(give an absolute path)"
+        )
+    return expanded
+
+
+def _check_leaves(annotation: Any, value: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """Finite floats, no NUL, `~` expanded in paths: (fixed value, [(rel path, problem)])."""
+    problems: list[tuple[str, str]] = []
+    replacements: dict[str, str] = {}
+    for where, leaf, is_path in _walk_values(annotation, value):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            problems.append((where, f"must be a finite number, got {leaf}"))
+        elif isinstance(leaf, str):
+            if "\x00" in leaf:
+                problems.append((where, "contains a NUL character"))
+            elif is_path and leaf.startswith("~"):
+                try:
+                    replacements[where] = _expand_home(leaf)
+                except ValueError as error:
+                    problems.append((where, str(error)))
+    if replacements and not problems:
+        if isinstance(value, str):
+            value = replacements[""]
+        elif isinstance(value, list):
+            value = [replacements.get(f".{i}", item) for i, item in enumerate(value)]
+    return value, problems
+
+
+def _convert_section(
+    cls: type[Section], data: Any, path: str, errors: list[tuple[str, str]]
+) -> Section | None:
+    """Validate `data` as `cls`, appending every problem found to `errors`."""
+    if not isinstance(data, dict):
+        errors.append((path or "(top level)", f"expected a table, got {_describe(data)}"))
+        return None
+    fields = {field.name: field for field in msgspec.structs.fields(cls)}
+    values: dict[str, Any] = {}
+    failed = False
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else str(key)
+        field = fields.get(key)
+        if field is None:
+            errors.append((where, "unknown key"))
+            failed = True
+            continue
+        if _is_section(field.type):
+            section = _convert_section(field.type, value, where, errors)
+            failed |= section is None
+            values[key] = section
+            continue
+        try:
+            converted = msgspec.convert(value, field.type, strict=True)
+        except msgspec.ValidationError as error:
+            suffix, text = _humanise(str(error), field.type, value)
+            errors.append((where + suffix, text))
+            failed = True
+            continue
+        converted, problems = _check_leaves(field.type, converted)
+        for suffix, text in problems:
+            errors.append((where + suffix, text))
+        failed |= bool(problems)
+        values[key] = converted
+    if failed:
+        return None
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        errors.append((path or "(top level)", str(error)))
+        return None
 
 
 def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
-    """Validate a parsed mapping; raise ConfigError listing every problem."""
+    """Validate a parsed mapping; raise ConfigError listing every problem, one per line."""
+    errors: list[tuple[str, str]] = []
     try:
-        return Config.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError("\n".join(format_validation_error(error, origin))) from None
+        config = _convert_section(Config, data, "", errors)
+    except RecursionError:
+        raise ConfigError(f"{origin}: values are nested too deeply") from None
+    if errors or config is None:
+        raise ConfigError("\n".join(f"{origin}: {where}: {text}" for where, text in errors))
+    assert isinstance(config, Config)
+    return config
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -241,22 +406,65 @@ def load_config(path: str | Path | None) -> Config:
         return Config()
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        raise ConfigError(f"{path}: cannot read config file: {reason}") from None
+        text = fileio.read_text(path, MAX_CONFIG_BYTES)
+    except fileio.FileProblem as error:
+        if error.missing:
+            raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: cannot read config file: {error.reason}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
     return parse_config(data, str(path))
 
 
+# -- using a validated config ---------------------------------------------------------------
+
+
+def replace(section: Any, **changes: Any) -> Any:
+    """A copy of a section (or the Config) with some values changed; not re-validated,
+    so only for values that come from validated sources."""
+    return msgspec.structs.replace(section, **changes)
+
+
+def as_dict(section: Section) -> dict[str, Any]:
+    """The section as plain nested dicts (sequences stay lists or tuples)."""
+    data = msgspec.to_builtins(section)
+    assert isinstance(data, dict)
+    return data
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()  # a JSON string is a valid TOML string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(config: Config) -> str:
+    """The config as a TOML document that `load_config` reads back as an equal Config."""
+    top, sections = [], []
+    for key, value in as_dict(config).items():
+        if isinstance(value, dict):
+            body = "".join(f"{k} = {_toml_value(v)}\n" for k, v in value.items())
+            sections.append(f"[{key}]\n{body}")
+        else:
+            top.append(f"{key} = {_toml_value(value)}\n")
+    return "".join(top) + "\n" + "\n".join(sections)
+
+
 def resolve_relative(path: str, base: Path | None) -> Path:
-    """Paths in a config file are relative to the file's own directory."""
-    candidate = Path(path).expanduser()
+    """Paths in a config file are relative to the file's own directory (`~` is already
+    expanded by validation)."""
+    candidate = Path(path)
     if base is not None and not candidate.is_absolute():
         return base / candidate
     return candidate

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pi_daemon.config import SensorsSection
+from pi_daemon.config import SensorsSection, parse_config
 from pi_daemon.governor import READING_KEYS, readings_for_decision
 from pi_daemon.sensors import (
     Readings,
@@ -57,7 +57,7 @@ def sensors_for(files: dict[str, Path], **overrides: object) -> Sensors:
         "pressure_path": str(files["pressure"]),
         "vcgencmd_enabled": False,
     }
-    return Sensors(SensorsSection.model_validate({**settings, **overrides}))
+    return Sensors(parse_config({"sensors": {**settings, **overrides}}).sensors)
 
 
 def unavailable_records(caplog: pytest.LogCaptureFixture, sensor: str) -> list[logging.LogRecord]:

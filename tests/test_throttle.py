@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from pydantic import ValidationError
 
-from pi_daemon.config import ThrottleSection
+from pi_daemon.config import ThrottleSection, parse_config
+from pi_daemon.errors import ConfigError
 from pi_daemon.sensors import Readings
 from pi_daemon.throttle import MIB, ThrottleDecision, ThrottlePolicy
 
@@ -321,8 +321,8 @@ def test_reason_within_limits_when_normal() -> None:
     ],
 )
 def test_config_rejects_inconsistent_thresholds(bad: dict[str, float]) -> None:
-    with pytest.raises(ValidationError):
-        ThrottleSection(**bad)
+    with pytest.raises(ConfigError, match=r"^<config>: throttle"):
+        parse_config({"throttle": bad})
 
 
 def test_default_config_is_valid_and_orders_thresholds_below_the_firmware_limit() -> None:
