@@ -1,11 +1,14 @@
 """Helpers for the arm64 install-path test (tests/system/test_arm64.py).
 
-Self-contained on purpose: nothing here depends on the amd64 system-test helpers.
+Apart from reading the host's apt sources (rootfs.py's parser), nothing here depends on
+the amd64 system-test helpers.
 
-- `apt_mirror()` reads the Debian mirror from the host's apt sources (never hard-coded).
+- `apt_mirror(suite)` reads the Debian mirror from the host's apt sources (never
+  hard-coded).
 - `qemu_aarch64()` turns on binfmt_misc + qemu-aarch64 and puts both back as it found them.
-- `cached_rootfs()` debootstraps an arm64 bookworm root filesystem once and keeps it as a
-  `tar --zstd` tarball under the repo's gitignored `.cache/`.
+- `cached_rootfs(dest, timings, suite)` debootstraps an arm64 root filesystem of a suite
+  (bookworm, trixie) once and keeps it as a `tar --zstd` tarball under the repo's
+  gitignored `.cache/`, one per suite.
 - `Chroot.run()` runs a command in the rootfs inside a private mount namespace
   (`unshare --mount`), so /proc, /dev and the pip-cache bind mounts vanish with the
   process: nothing can be left mounted on the host, even if pytest is killed.
@@ -29,12 +32,19 @@ from email.parser import Parser
 from pathlib import Path
 from zipfile import ZipFile
 
+from tests.system.rootfs import AptSource, find_mirror, host_apt_sources, host_codename
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PI_DAEMON_ARM64_CACHE", REPO / ".cache" / "arm64"))
-SUITE = "bookworm"
 ARCH = "arm64"
 INCLUDE = ("python3", "python3-venv", "ca-certificates")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The CPU qemu-user emulates (it reads QEMU_CPU from the environment of every aarch64
+# process): the Raspberry Pi 4B's Cortex-A72, ARMv8.0-A. qemu's default, "max", has
+# pointer authentication, whose emulation is slow: trixie's binaries are built with branch
+# protection, and `python3 -m venv` took about 250 s there instead of 45 s. The A72 also
+# keeps a wheel that needs a newer core (dotprod, SVE) from passing here and not on a Pi.
+QEMU_CPU = "cortex-a72"
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 BINFMT_NAME = "qemu-aarch64"
 # Tools the test needs on the host, and the Debian package that provides each
@@ -123,93 +133,16 @@ class Timings:
 # ---------------------------------------------------------------------------- apt mirror
 
 
-@dataclass(frozen=True)
-class AptSource:
-    uri: str
-    suites: tuple[str, ...]
-    components: tuple[str, ...]
-    signed_by: str | None
-
-
-def _one_line_sources(text: str) -> Iterator[AptSource]:
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line.startswith("deb "):
-            continue
-        words = line.split()[1:]
-        signed_by = None
-        if words and words[0].startswith("["):  # [arch=amd64 signed-by=/x.gpg]
-            options = []
-            while words:
-                word = words.pop(0)
-                options.append(word.strip("[]"))
-                if word.endswith("]"):
-                    break
-            for option in options:
-                if option.startswith("signed-by="):
-                    signed_by = option.split("=", 1)[1]
-        if len(words) >= 2:
-            yield AptSource(words[0], (words[1],), tuple(words[2:]), signed_by)
-
-
-def _deb822_sources(text: str) -> Iterator[AptSource]:
-    stanzas = re.split(r"\n\s*\n", text)
-    for stanza in stanzas:
-        fields: dict[str, str] = {}
-        key = None
-        for raw in stanza.splitlines():
-            if raw.startswith("#") or not raw.strip():
-                continue
-            if raw[0].isspace() and key:  # continuation line
-                fields[key] += "\n" + raw.strip()
-                continue
-            if ":" in raw:
-                key, value = raw.split(":", 1)
-                key = key.strip().lower()
-                fields[key] = value.strip()
-        if "deb" not in fields.get("types", "").split():
-            continue
-        if fields.get("enabled", "yes").lower() == "no":
-            continue
-        # Signed-By may hold an inline key block; only a path is useful here.
-        signed_by = fields.get("signed-by", "").strip() or None
-        if signed_by and ("\n" in signed_by or not signed_by.startswith("/")):
-            signed_by = None
-        for uri in fields.get("uris", "").split():
-            yield AptSource(
-                uri,
-                tuple(fields.get("suites", "").split()),
-                tuple(fields.get("components", "").split()),
-                signed_by,
-            )
-
-
-def host_apt_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
-    found: list[AptSource] = []
-    one_line = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*.list"))]
-    for path in one_line:
-        if path.is_file():
-            found.extend(_one_line_sources(path.read_text()))
-    for path in sorted((etc_apt / "sources.list.d").glob("*.sources")):
-        found.extend(_deb822_sources(path.read_text()))
-    return found
-
-
-def apt_mirror(suite: str = SUITE, etc_apt: Path = Path("/etc/apt")) -> AptSource:
-    """The host's http(s) source that carries `suite` itself with `main`."""
+def apt_mirror(suite: str, etc_apt: Path = Path("/etc/apt")) -> AptSource:
+    """The host's http(s) source for `suite` main; for a suite the host does not list
+    (trixie on a bookworm machine), the one for the host's own release (rootfs.py)."""
     sources = host_apt_sources(etc_apt)
-    for source in sources:
-        if (
-            suite in source.suites
-            and "main" in source.components
-            and source.uri.startswith(("http://", "https://"))
-        ):
-            return source
-    listed = "\n".join(f"  {s.uri} {' '.join(s.suites)}" for s in sources) or "  (none)"
-    raise RuntimeError(
-        f"no http(s) apt source for '{suite} main' in {etc_apt}/sources.list"
-        f" or sources.list.d/*.sources|*.list; found:\n{listed}"
-    )
+    try:
+        return find_mirror(suite, sources, fallback=host_codename(), http_only=True)
+    except LookupError as error:
+        raise RuntimeError(
+            f"{error} (read from {etc_apt}/sources.list and sources.list.d/*.sources|*.list)"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- binfmt
@@ -306,29 +239,29 @@ def remove_tree(root: Path) -> None:
 # ---------------------------------------------------------------------------- rootfs
 
 
-def rootfs_key() -> str:
+def rootfs_key(suite: str) -> str:
     """Cache key: what the tarball contains (suite, arch, packages, debootstrap)."""
     version = run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], timeout=30).stdout
-    material = f"{SUITE} {ARCH} minbase {' '.join(INCLUDE)} {version} no-apt-lists"
+    material = f"{suite} {ARCH} minbase {' '.join(INCLUDE)} {version} no-apt-lists"
     return hashlib.sha256(material.encode()).hexdigest()[:12]
 
 
-def cached_rootfs(dest: Path, timings: Timings) -> Path:
-    """Unpack the cached arm64 rootfs into `dest`, debootstrapping it first if needed.
+def cached_rootfs(dest: Path, timings: Timings, suite: str) -> Path:
+    """Unpack the cached arm64 `suite` rootfs into `dest`, debootstrapping it if needed.
 
     The caller must be inside `qemu_aarch64()`: debootstrap's second stage runs
     aarch64 binaries. Returns the tarball path.
     """
-    mirror = apt_mirror()
-    tarball = CACHE / f"{SUITE}-{ARCH}-minbase-{rootfs_key()}.tar.zst"
+    mirror = apt_mirror(suite)
+    tarball = CACHE / f"{suite}-{ARCH}-minbase-{rootfs_key(suite)}.tar.zst"
     if not tarball.exists():
-        build = CACHE / "build-rootfs"
+        build = CACHE / f"build-rootfs-{suite}"
         remove_tree(build)
         keyring = ["--keyring", mirror.signed_by] if mirror.signed_by else []
         debs = CACHE / "debootstrap-debs"
         debs.mkdir(parents=True, exist_ok=True)
         try:
-            with timings.phase("debootstrap arm64 (cold)"):
+            with timings.phase(f"debootstrap arm64 {suite} (cold)"):
                 run(
                     [
                         "debootstrap",
@@ -337,11 +270,12 @@ def cached_rootfs(dest: Path, timings: Timings) -> Path:
                         f"--include={','.join(INCLUDE)}",
                         f"--cache-dir={debs}",
                         *keyring,
-                        SUITE,
+                        suite,
                         build,
                         mirror.uri,
                     ],
                     timeout=1800,
+                    env=dict(os.environ, QEMU_CPU=QEMU_CPU),  # its second stage runs aarch64
                 )
             # debootstrap's own /proc, /sys mounts must be gone before tar and rm.
             unmount_all_under(build)
@@ -401,6 +335,7 @@ class Chroot:
             "PIP_DEFAULT_TIMEOUT": "180",
             "PIP_NO_INPUT": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
+            "QEMU_CPU": QEMU_CPU,
         }
         env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
         return env

@@ -11,6 +11,12 @@ The expensive things are built once per session and shared:
 * `rootfs_factory`: fresh or cloned root filesystems, removed at the end of the session
   (set PI_DAEMON_KEEP_ROOTFS=1 to keep them for a post-mortem).
 
+The same for Debian 13 trixie (Python 3.13, systemd 257; no dphys-swapfile in the
+minbase, as on a plain Debian host): `trixie_tarball`, `trixie_wheelhouse`,
+`trixie_rootfs_factory`, `converged_trixie`. Every one is built by the same code with a
+suite (`rootfs.SUITES`) and cached per suite and architecture; `for_suite(request, suite)`
+gives a parametrized test the converged root filesystem and factory of its suite.
+
 Everything here needs root; without it every test that asks for these fixtures is
 skipped with the reason in the summary.
 """
@@ -70,13 +76,22 @@ def debian_mirror(require_root) -> str:
     return rf.debian_mirror("bookworm", rf.host_apt_sources())
 
 
+def debootstrapped(suite: rf.Suite, mirror: str, cache: Path) -> Path:
+    tarball, seconds = rf.debootstrap_tarball(suite.name, suite.include, mirror, cache)
+    TIMINGS[f"debootstrap {suite.name}"] = seconds if seconds is not None else "cached"
+    return tarball
+
+
 @pytest.fixture(scope="session")
 def bookworm_tarball(system_cache: Path, debian_mirror: str) -> Path:
-    tarball, seconds = rf.debootstrap_tarball(
-        "bookworm", rf.BOOKWORM_INCLUDE, debian_mirror, system_cache
-    )
-    TIMINGS["debootstrap bookworm"] = seconds if seconds is not None else "cached"
-    return tarball
+    return debootstrapped(rf.SUITES["bookworm"], debian_mirror, system_cache)
+
+
+@pytest.fixture(scope="session")
+def trixie_tarball(system_cache: Path) -> Path:
+    # The host (Debian 12 in CI) lists only bookworm: its mirror serves trixie too.
+    mirror = rf.debian_mirror("trixie", rf.host_apt_sources(), fallback=rf.host_codename())
+    return debootstrapped(rf.SUITES["trixie"], mirror, system_cache)
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +102,11 @@ def pi_daemon_wheel(require_root, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def target_wheelhouse(pi_daemon_wheel: Path, system_cache: Path) -> Path:
     return rf.wheelhouse_for(pi_daemon_wheel, system_cache)
+
+
+@pytest.fixture(scope="session")
+def trixie_wheelhouse(pi_daemon_wheel: Path, system_cache: Path) -> Path:
+    return rf.wheelhouse_for(pi_daemon_wheel, system_cache, rf.SUITES["trixie"])
 
 
 @dataclass
@@ -125,16 +145,30 @@ class RootfsFactory:
             rf.remove_tree(root)
 
 
+def _factory(base: Path, tarball: Path, wheelhouse: Path) -> Iterator[RootfsFactory]:
+    factory = RootfsFactory(base, tarball, wheelhouse)
+    yield factory
+    if os.environ.get("PI_DAEMON_KEEP_ROOTFS") != "1":
+        factory.cleanup()
+
+
 @pytest.fixture(scope="session")
 def rootfs_factory(
     bookworm_tarball: Path,
     target_wheelhouse: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RootfsFactory]:
-    factory = RootfsFactory(tmp_path_factory.mktemp("rootfs"), bookworm_tarball, target_wheelhouse)
-    yield factory
-    if os.environ.get("PI_DAEMON_KEEP_ROOTFS") != "1":
-        factory.cleanup()
+    yield from _factory(tmp_path_factory.mktemp("rootfs"), bookworm_tarball, target_wheelhouse)
+
+
+@pytest.fixture(scope="session")
+def trixie_rootfs_factory(
+    trixie_tarball: Path,
+    trixie_wheelhouse: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RootfsFactory]:
+    base = tmp_path_factory.mktemp("rootfs-trixie")
+    yield from _factory(base, trixie_tarball, trixie_wheelhouse)
 
 
 @dataclass
@@ -172,17 +206,19 @@ def select_reference_blas(root: Path) -> None:
         assert result.returncode == 0, result.stderr
 
 
-@pytest.fixture(scope="session")
-def converged_rootfs(rootfs_factory: RootfsFactory, pi_daemon_wheel: Path) -> ConvergedRootfs:
-    root = rootfs_factory.fresh("converged")
+def converge(
+    factory: RootfsFactory, wheel: Path, timing: str = "ansible full converge"
+) -> ConvergedRootfs:
+    """A fresh root filesystem of the factory's suite, provisioned by site.yml."""
+    root = factory.fresh("converged")
     select_reference_blas(root)
     host = "testpi"
     inventory = rf.write_inventory(
-        rootfs_factory.base / "converged-inventory.yml", "pis", {host: rf.chroot_host_vars(root)}
+        factory.base / "converged-inventory.yml", "pis", {host: rf.chroot_host_vars(root)}
     )
-    extra_vars: dict[str, object] = {"pi_daemon_wheel": str(pi_daemon_wheel)}
+    extra_vars: dict[str, object] = {"pi_daemon_wheel": str(wheel)}
     first = rf.run_playbook(inventory, extra_vars=extra_vars)
-    TIMINGS["ansible full converge"] = first.seconds
+    TIMINGS[timing] = first.seconds
     if first.returncode != 0:
         pytest.fail(
             f"site.yml failed on a fresh root filesystem (exit {first.returncode}):\n"
@@ -190,3 +226,28 @@ def converged_rootfs(rootfs_factory: RootfsFactory, pi_daemon_wheel: Path) -> Co
             pytrace=False,
         )
     return ConvergedRootfs(root, inventory, host, extra_vars, first)
+
+
+@pytest.fixture(scope="session")
+def converged_rootfs(rootfs_factory: RootfsFactory, pi_daemon_wheel: Path) -> ConvergedRootfs:
+    return converge(rootfs_factory, pi_daemon_wheel)
+
+
+@pytest.fixture(scope="session")
+def converged_trixie(
+    trixie_rootfs_factory: RootfsFactory, pi_daemon_wheel: Path
+) -> ConvergedRootfs:
+    return converge(trixie_rootfs_factory, pi_daemon_wheel, "ansible full converge (trixie)")
+
+
+# The session fixtures of each suite, for tests parametrized by suite.
+SUITE_FIXTURES = {
+    "bookworm": ("converged_rootfs", "rootfs_factory"),
+    "trixie": ("converged_trixie", "trixie_rootfs_factory"),
+}
+
+
+def for_suite(request: pytest.FixtureRequest, suite: str) -> tuple[ConvergedRootfs, RootfsFactory]:
+    """The converged root filesystem and the factory of `suite` (built once per session)."""
+    converged, factory = SUITE_FIXTURES[suite]
+    return request.getfixturevalue(converged), request.getfixturevalue(factory)

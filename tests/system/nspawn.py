@@ -268,12 +268,15 @@ def leftovers(
             problems.append(f"{c.name}: systemd-nspawn {c.process.pid} not reaped")
         problems += [f"{c.name}: cgroup left: {d}" for d in c.cgroup.existing()]
         problems += [f"{c.name}: still mounted: {m}" for m in mounts_under(c.root)]
+    # Only this session's cgroups: another test session on the same machine may have its
+    # own containers running (their names carry its pid).
+    ours = f"{CGROUP_PREFIX}-{os.getpid()}-"
     for hierarchy, names in root_cgroup_names().items():
         new = names - cgroups_before.get(hierarchy, set())
         problems += [
             f"new cgroup at the root: {hierarchy / n}"
             for n in sorted(new)
-            if n in ("payload", "supervisor") or n.startswith(CGROUP_PREFIX)
+            if n in ("payload", "supervisor") or n.startswith(ours)
         ]
     problems += [f"swap on this machine: {line}" for line in host_swaps()]
     return problems
@@ -651,7 +654,8 @@ def daemon_config(
     testing: str = "",
 ) -> str:
     """A complete config for the booted tests: the files source (bundled photos) at a
-    steady pace, the installed model on one thread, 1 s summaries, test sensors."""
+    steady pace, the installed model on one thread, 1 s summaries, every result in the
+    journal, test sensors."""
     return f"""# Written by tests/system (nspawn.py): the daemon on the files source under systemd.
 source = "files"
 
@@ -670,6 +674,11 @@ fps = {fps}
 events_file = "{EVENTS_FILE}"
 summary_interval_s = {summary_interval_s}
 log_level = "info"
+
+# These tests read every classified frame's result line in the journal; by default the
+# journal gets label events only (README, "Event rules").
+[rules]
+journal_results = "changes"
 
 {sensor_toml()}
 {testing}"""

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,26 @@ BOOKWORM_INCLUDE = (
     "libopenblas0-pthread",
     "ca-certificates",
 )
+# Plain Debian trixie, as a Debian 13 host has it: no swap manager yet (Pi OS Trixie has
+# rpi-swap, which Debian lacks; the swap role installs dphys-swapfile here).
+TRIXIE_INCLUDE = tuple(name for name in BOOKWORM_INCLUDE if name != "dphys-swapfile")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A Debian release as the system tests build it, and what its wheels must fit."""
+
+    name: str
+    version: int  # Debian major version (ansible_distribution_major_version)
+    python: tuple[int, int]  # its python3
+    glibc: tuple[int, int]
+    include: tuple[str, ...]  # debootstrap --include for the amd64 root filesystem
+
+
+SUITES = {
+    "bookworm": Suite("bookworm", 12, (3, 11), (2, 36), BOOKWORM_INCLUDE),
+    "trixie": Suite("trixie", 13, (3, 13), (2, 41), TRIXIE_INCLUDE),
+}
 
 # The architecture's Debian multiarch triplet, as the blas role derives it from facts.
 MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
@@ -76,6 +97,7 @@ class AptSource:
     uri: str
     suites: tuple[str, ...]
     components: tuple[str, ...]
+    signed_by: str | None = None  # a keyring path (an inline key block is left out)
 
 
 def parse_one_line_sources(text: str) -> list[AptSource]:
@@ -85,10 +107,12 @@ def parse_one_line_sources(text: str) -> list[AptSource]:
         line = raw.split("#", 1)[0].strip()
         if not line.startswith("deb "):
             continue
+        options = " ".join(re.findall(r"\[([^\]]*)\]", line)).split()
+        signed_by = next((o.split("=", 1)[1] for o in options if o.startswith("signed-by=")), None)
         line = re.sub(r"\[[^\]]*\]", " ", line[4:])  # drop [arch=... signed-by=...]
         words = line.split()
         if len(words) >= 2:
-            sources.append(AptSource(words[0], (words[1],), tuple(words[2:])))
+            sources.append(AptSource(words[0], (words[1],), tuple(words[2:]), signed_by))
     return sources
 
 
@@ -102,7 +126,7 @@ def parse_deb822_sources(text: str) -> list[AptSource]:
             if raw.startswith("#") or not raw.strip():
                 continue
             if raw[0] in " \t" and key is not None:  # continuation line
-                fields[key] += " " + raw.strip()
+                fields[key] += "\n" + raw.strip()
                 continue
             key, _, value = raw.partition(":")
             key = key.strip().lower()
@@ -113,7 +137,12 @@ def parse_deb822_sources(text: str) -> list[AptSource]:
             continue
         suites = tuple(fields.get("suites", "").split())
         components = tuple(fields.get("components", "").split())
-        sources.extend(AptSource(uri, suites, components) for uri in fields.get("uris", "").split())
+        signed_by = fields.get("signed-by", "").strip() or None
+        if signed_by and ("\n" in signed_by or not signed_by.startswith("/")):
+            signed_by = None  # an inline key block: only a path is useful to debootstrap
+        sources.extend(
+            AptSource(uri, suites, components, signed_by) for uri in fields.get("uris", "").split()
+        )
     return sources
 
 
@@ -132,15 +161,43 @@ def host_apt_sources(etc_apt: Path = Path("/etc/apt")) -> list[AptSource]:
     return sources
 
 
-def debian_mirror(suite: str, sources: Sequence[AptSource]) -> str:
-    """The URI of the host's mirror that carries `suite` main (the plain suite, not -security)."""
-    for source in sources:
-        if suite in source.suites and "main" in source.components:
-            return source.uri
+def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
+    """This machine's Debian release name (VERSION_CODENAME), e.g. "bookworm"."""
+    for line in os_release.read_text(encoding="utf-8").splitlines():
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME":
+            return value.strip().strip('"')
+    raise LookupError(f"no VERSION_CODENAME in {os_release}")
+
+
+def find_mirror(
+    suite: str,
+    sources: Sequence[AptSource],
+    *,
+    fallback: str | None = None,
+    http_only: bool = False,
+) -> AptSource:
+    """The host's source that carries `suite` main (the plain suite, not -security).
+
+    A suite the host does not list (trixie on a bookworm machine) comes from the mirror
+    that carries `fallback` (the host's own release): one Debian archive serves them all.
+    """
+    usable = [s for s in sources if not http_only or s.uri.startswith(("http://", "https://"))]
+    for wanted in (suite, fallback):
+        for source in usable:
+            if wanted and wanted in source.suites and "main" in source.components:
+                return source
     raise LookupError(
-        f"no apt source for '{suite} main' among the host's sources: "
-        + ", ".join(f"{s.uri} {' '.join(s.suites)}" for s in sources)
+        f"no apt source for '{suite} main'"
+        + (f" (nor '{fallback} main')" if fallback else "")
+        + " among the host's sources: "
+        + (", ".join(f"{s.uri} {' '.join(s.suites)}" for s in sources) or "(none)")
     )
+
+
+def debian_mirror(suite: str, sources: Sequence[AptSource], *, fallback: str | None = None) -> str:
+    """The URI of `find_mirror(suite, sources, fallback=...)`."""
+    return find_mirror(suite, sources, fallback=fallback).uri
 
 
 # --- Building, caching and unpacking root filesystems ---------------------------------
@@ -249,6 +306,20 @@ def chroot(root: Path, *argv: str, user: str | None = None) -> subprocess.Comple
     return subprocess.run(prefix + list(argv), capture_output=True, text=True, check=False)
 
 
+def chroot_with_proc(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`chroot()` with /proc mounted, in a private mount namespace that vanishes with the
+    command (so nothing stays mounted on the host), for tools such as systemd-analyze."""
+    script = f'mount -t proc proc {shlex.quote(str(root))}/proc && exec chroot "$@"'
+    unshare = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script]
+    return subprocess.run(
+        [*unshare, "sh", str(root), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
 # --- The project's wheel and its dependencies -----------------------------------------
 
 
@@ -267,8 +338,8 @@ def build_wheel(dest: Path) -> Path:
 
 
 # Debian 12's python3 and glibc: what the wheels in a bookworm root filesystem must fit.
-BOOKWORM_PYTHON = (3, 11)
-BOOKWORM_GLIBC = (2, 36)
+BOOKWORM_PYTHON = SUITES["bookworm"].python
+BOOKWORM_GLIBC = SUITES["bookworm"].glibc
 
 
 def pip_target_args(python: tuple[int, int], glibc: tuple[int, int], machine: str) -> list[str]:
@@ -291,14 +362,15 @@ def pip_target_args(python: tuple[int, int], glibc: tuple[int, int], machine: st
     return args
 
 
-def wheelhouse_for(wheel: Path, cache: Path) -> Path:
-    """Wheels of the wheel's runtime dependencies for a bookworm root filesystem, cached.
+def wheelhouse_for(wheel: Path, cache: Path, suite: Suite = SUITES["bookworm"]) -> Path:
+    """Wheels of the wheel's runtime dependencies for a `suite` root filesystem, cached.
 
-    They are chosen for Debian 12's Python 3.11 and glibc 2.36 on this machine's
-    architecture, so pip inside the root filesystem installs them offline.
+    They are chosen for the suite's Python and glibc (Debian 12: 3.11 and 2.36; Debian 13:
+    3.13 and 2.41) on this machine's architecture, so pip inside the root filesystem
+    installs them offline.
     """
     requires = sorted(_requires_dist(wheel))
-    target = pip_target_args(BOOKWORM_PYTHON, BOOKWORM_GLIBC, platform.machine())
+    target = pip_target_args(suite.python, suite.glibc, platform.machine())
     key = hashlib.sha256(json.dumps([target, requires]).encode())
     house = cache / f"wheelhouse-{key.hexdigest()[:12]}"
     with file_lock(cache / (house.name + ".lock")):
@@ -311,17 +383,28 @@ def wheelhouse_for(wheel: Path, cache: Path) -> Path:
     return house
 
 
+# The extra whose dependencies the wheelhouse also holds, so that pip in the root
+# filesystem can install `pi-daemon[mqtt]` offline.
+WHEELHOUSE_EXTRA = "mqtt"
+
+
 def _requires_dist(wheel: Path) -> list[str]:
     import zipfile
 
     with zipfile.ZipFile(wheel) as archive:
         (metadata,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         text = archive.read(metadata).decode()
-    return [
-        line.split(":", 1)[1].strip()
-        for line in text.splitlines()
-        if line.startswith("Requires-Dist:") and "extra ==" not in line
-    ]
+    requires = []
+    for line in text.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        requirement = line.split(":", 1)[1].strip()
+        if "extra ==" not in requirement:
+            requires.append(requirement)
+        elif requirement.endswith(f'extra == "{WHEELHOUSE_EXTRA}"'):
+            # The role installs this extra when [mqtt] is on (pi_daemon_mqtt_enabled).
+            requires.append(requirement.split(";", 1)[0].strip())
+    return requires
 
 
 # --- ansible-playbook -----------------------------------------------------------------

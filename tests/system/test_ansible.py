@@ -21,7 +21,14 @@ from pathlib import Path
 import pytest
 
 from tests.system import rootfs as rf
-from tests.system.conftest import TIMINGS, ConvergedRootfs
+from tests.system.ansible_checks import (
+    HostState,
+    assert_failed,
+    assert_nothing_changed,
+    assert_ok,
+    assert_says,
+)
+from tests.system.conftest import TIMINGS, ConvergedRootfs, select_reference_blas
 
 REPO = rf.REPO
 BUNDLED_MODEL = REPO / "pi_daemon" / "models" / "efficientnet-lite0-int8.tflite"
@@ -41,23 +48,6 @@ def read_conf(path: Path) -> dict[str, str]:
         if match:
             values[match.group(1)] = match.group(2).strip()
     return values
-
-
-def assert_ok(run: rf.PlaybookRun, what: str) -> None:
-    assert run.returncode == 0, f"{what}: ansible-playbook exited {run.returncode}\n{run.tail()}"
-
-
-def assert_nothing_changed(run: rf.PlaybookRun, host: str, what: str) -> None:
-    assert_ok(run, what)
-    counts = run.recap.get(host)
-    assert counts is not None, f"{what}: no PLAY RECAP line for {host}\n{run.tail()}"
-    changed = "\n".join(
-        f"--- {name}\n{body[:3000]}" for name, body in run.changed_results().items()
-    )
-    assert counts["changed"] == 0, (
-        f"{what}: changed={counts['changed']}:\n{changed}\n--- output (tail)\n{run.tail(3000)}"
-    )
-    assert counts["failed"] == 0 and counts["unreachable"] == 0, counts
 
 
 # --- What a Pi would have after one run ----------------------------------------------
@@ -248,6 +238,118 @@ def test_swap_above_the_default_cap_raises_conf_maxswap(converged_rootfs: Conver
     assert (conf["CONF_SWAPSIZE"], conf["CONF_MAXSWAP"]) == ("2048", "2048")
 
 
+# --- Preflight: a bad variable stops the run before anything changes -------------------
+
+# Each value would once have been coerced into a valid-looking one by the template or by
+# `| int` / `| bool` (9110x -> port 0, which means any free port; one -> camera 0; maybe
+# -> false; fast -> 0.0; 2.9 -> 2). Strings are what `-e name=value` gives.
+BAD_PI_DAEMON_VARS: dict[str, object] = {
+    "pi_daemon_metrics_port": "9110x",
+    "pi_daemon_picamera2_camera_num": "one",
+    "pi_daemon_files_loop": "maybe",
+    "pi_daemon_files_fps": "fast",
+    "pi_daemon_model_num_threads": 2.9,
+    "pi_daemon_model_top_k": True,
+    "pi_daemon_source": "nonsense",
+    "pi_daemon_picamera2_main_size": [640],
+    "pi_daemon_picamera2_frame_rate": 0,
+    "pi_daemon_metrics_enabled": "perhaps",
+    "pi_daemon_health_check_timeout": "2m",
+    "pi_daemon_prune": "sometimes",
+    "pi_daemon_config_extra": "stall_timeout_s = 20.0",
+}
+
+
+# The first task of each role that changes anything on the host.
+FIRST_CHANGES = (
+    "blas : Install the pthread variant of OpenBLAS.",
+    "swap : Remove rpi-swap, which must never be installed beside dphys-swapfile.",
+    "pi_daemon : Install the apt packages pi-daemon needs.",
+)
+
+
+def assert_stopped_in_preflight(
+    converged: ConvergedRootfs, run: rf.PlaybookRun, before: HostState, names: list[str]
+) -> None:
+    assert_failed(run, converged.host, "bad variables")
+    counts = run.recap[converged.host]
+    assert counts["changed"] == 0, run.changed_tasks()
+    for name in names:
+        assert_says(run, rf"^\b{name}=")
+    # No role got past the checks: not even the first task that changes something ran.
+    started = [task for task in FIRST_CHANGES if f"TASK [{task}]" in run.output]
+    assert not started, started
+    assert HostState.of(converged.root) == before
+
+
+@pytest.mark.system
+def test_preflight_names_every_bad_pi_daemon_variable_and_changes_nothing(
+    converged_rootfs: ConvergedRootfs,
+) -> None:
+    before = HostState.of(converged_rootfs.root)
+    run = converged_rootfs.run_playbook(**BAD_PI_DAEMON_VARS)
+    TIMINGS["ansible: preflight stops bad variables"] = run.seconds
+    assert_stopped_in_preflight(converged_rootfs, run, before, list(BAD_PI_DAEMON_VARS))
+    # It names the Ansible variable and its value, not a TOML key, and says what it must be.
+    assert_says(
+        run,
+        'pi_daemon_metrics_port="9110x": must be a whole number',
+        "pi_daemon_model_num_threads=2.9: must be a whole number",
+        "pi_daemon_model_top_k=true: must be a whole number",
+        'pi_daemon_files_loop="maybe": must be true or false',
+        'pi_daemon_source="nonsense": must be one of auto, picamera2, opencv',
+        "pi_daemon_picamera2_frame_rate=0: must be more than 0 and at most 120",
+    )
+
+
+@pytest.mark.system
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"swap_size_mb": 1.5}, "swap_size_mb=1.5: must be a whole number"),
+        ({"swap_size_mb": "2G"}, 'swap_size_mb="2G": must be a whole number'),
+        ({"swap_manager": "zram"}, 'swap_manager="zram": must be one of auto,'),
+        ({"swap_apply": "sometimes"}, 'swap_apply="sometimes": must be true or false'),
+        # The disk bound: 999999 MB would also have lifted CONF_MAXSWAP to match.
+        ({"swap_size_mb": 999999}, "swap_size_mb=999999 does not fit beside /var/swap"),
+    ],
+    ids=["fraction", "unit", "manager", "apply", "too-big-for-the-disk"],
+)
+def test_preflight_stops_a_bad_swap_variable_before_any_role_changes_anything(
+    converged_rootfs: ConvergedRootfs, variables: dict[str, object], expected: str
+) -> None:
+    before = HostState.of(converged_rootfs.root)
+    run = converged_rootfs.run_playbook(**variables)
+    assert_stopped_in_preflight(converged_rootfs, run, before, list(variables))
+    assert_says(run, expected)
+
+
+# --- --check on a host that needs changes ---------------------------------------------
+
+
+@pytest.mark.system
+def test_check_mode_reports_a_blas_switch_and_passes(converged_rootfs: ConvergedRootfs) -> None:
+    triplet = TRIPLET
+    query = ("update-alternatives", "--query", f"libblas.so.3-{triplet}")
+    select_reference_blas(converged_rootfs.root)
+    try:
+        run = converged_rootfs.run_playbook("--check", "--diff")
+        TIMINGS["ansible --check --diff, BLAS to switch"] = run.seconds
+        assert_ok(run, "--check --diff where BLAS must be switched")
+        assert "blas : Select OpenBLAS for BLAS and LAPACK." in run.changed_tasks(), run.tail()
+        assert run.recap[converged_rootfs.host]["changed"] == 1, run.changed_tasks()
+        # --check changed nothing: the reference BLAS is still selected.
+        value = converged_rootfs.chroot(*query).stdout
+        assert f"Value: /usr/lib/{triplet}/blas/libblas.so.3" in value, value
+    finally:
+        for name in ("libblas.so.3", "liblapack.so.3"):
+            path = f"/usr/lib/{triplet}/openblas-pthread/{name}"
+            restored = converged_rootfs.chroot(
+                "update-alternatives", "--set", f"{name}-{triplet}", path
+            )
+            assert restored.returncode == 0, restored.stderr
+
+
 # --- Without root -------------------------------------------------------------------------
 
 
@@ -379,3 +481,339 @@ def test_play_recap_is_parsed_per_host() -> None:
     recap = rf.parse_recap(output)
     assert recap["testpi"]["changed"] == 22
     assert recap["localhost"]["skipped"] == 5
+
+
+# --- The roles' checks, without root ------------------------------------------------------
+
+
+def load_fleet_checks():
+    """ansible/filter_plugins/fleet_checks.py, the filters the roles check variables with."""
+    import importlib.util
+
+    path = rf.ANSIBLE_DIR / "filter_plugins" / "fleet_checks.py"
+    spec = importlib.util.spec_from_file_location("fleet_checks", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CHECKS = load_fleet_checks()
+
+
+def role_yaml(role: str, part: str) -> dict:
+    import yaml
+
+    path = rf.ANSIBLE_DIR / "roles" / role / part / "main.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def rules_of(role: str) -> dict[str, dict]:
+    return {rule["name"]: rule for rule in role_yaml(role, "vars")[f"{role}_variable_rules"]}
+
+
+PORT = {"name": "port", "type": "int", "min": 0, "max": 65535}
+RATE = {"name": "rate", "type": "float", "gt": 0, "max": 120}
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "typed"),
+    [
+        (PORT, 9110, 9110),
+        (PORT, "9110", 9110),  # -e pi_daemon_metrics_port=9110
+        (PORT, " 0 ", 0),
+        (PORT, 65535, 65535),
+        (RATE, 10, 10.0),
+        (RATE, "7.5", 7.5),
+        (RATE, "1e2", 100.0),
+        ({"name": "b", "type": "bool"}, "yes", True),
+        ({"name": "b", "type": "bool"}, "False", False),
+        ({"name": "b", "type": "bool"}, True, True),
+        ({"name": "b", "type": "bool", "nullable": True}, None, None),
+        ({"name": "a", "type": "auto_bool"}, "auto", "auto"),
+        ({"name": "a", "type": "auto_bool"}, "true", True),
+        ({"name": "s", "type": "int_list", "length": 2, "min": 64}, ["640", 480], [640, 480]),
+        ({"name": "p", "type": "path"}, "/opt/pi-daemon", "/opt/pi-daemon"),
+        ({"name": "e", "type": "str_dict"}, {"PIP_INDEX_URL": "x"}, {"PIP_INDEX_URL": "x"}),
+    ],
+)
+def test_checked_vars_accepts_each_type_in_its_spellings(rule: dict, value, typed) -> None:
+    result = CHECKS.checked_vars([rule], {rule["name"]: value})
+    assert result == {"problems": [], "values": {rule["name"]: typed}}
+    assert type(result["values"][rule["name"]]) is type(typed)
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "problem"),
+    [
+        (PORT, "9110x", 'port="9110x": must be a whole number'),
+        (PORT, 2.9, "port=2.9: must be a whole number"),
+        (PORT, 9110.0, "port=9110.0: must be a whole number"),
+        (PORT, True, "port=true: must be a whole number"),
+        (PORT, 65536, "port=65536: must be from 0 to 65535"),
+        (PORT, -1, "port=-1: must be from 0 to 65535"),
+        (PORT, None, "port=null: must be set"),
+        (RATE, "fast", 'rate="fast": must be a number'),
+        (RATE, 0, "rate=0: must be more than 0 and at most 120"),
+        (RATE, "nan", 'rate="nan": must be a number'),
+        (RATE, 1e400, "rate=Infinity: must be a finite number"),
+        (RATE, False, "rate=false: must be a number"),
+        ({"name": "b", "type": "bool"}, "maybe", 'b="maybe": must be true or false'),
+        ({"name": "b", "type": "bool"}, 1, "b=1: must be true or false"),
+        ({"name": "a", "type": "auto_bool"}, "sometimes", 'a="sometimes": must be auto, true'),
+        ({"name": "c", "type": "str", "choices": ["x", "y"]}, "z", 'c="z": must be one of x, y'),
+        ({"name": "c", "type": "str"}, 5, "c=5: must be a string"),
+        ({"name": "s", "type": "int_list", "length": 2}, [640], "s=[640]: must be a list of 2"),
+        ({"name": "s", "type": "int_list", "min": 64}, [640, 4], "s=[640, 4]: each item must"),
+        ({"name": "s", "type": "str_list"}, "a,b", 's="a,b": must be a list'),
+        ({"name": "p", "type": "path"}, "opt/x", 'p="opt/x": must be an absolute path'),
+        ({"name": "e", "type": "str_dict"}, {"A": 1}, 'e={"A": 1}: must map strings to strings'),
+    ],
+)
+def test_checked_vars_rejects_without_coercing_and_names_the_variable(
+    rule: dict, value, problem: str
+) -> None:
+    result = CHECKS.checked_vars([rule], {rule["name"]: value})
+    assert len(result["problems"]) == 1, result
+    assert result["problems"][0].startswith(problem), result["problems"]
+    assert result["values"] == {}
+
+
+def test_checked_vars_reports_every_problem_at_once() -> None:
+    rules = [PORT, RATE, {"name": "missing", "type": "int"}]
+    result = CHECKS.checked_vars(rules, {"port": "x", "rate": "y"})
+    named = [problem.split("=")[0].split(":")[0] for problem in result["problems"]]
+    assert named == ["port", "rate", "missing"]
+
+
+def test_every_role_variable_has_a_rule_and_every_rule_a_variable() -> None:
+    for role in ("pi_daemon", "swap"):
+        defaults = set(role_yaml(role, "defaults"))
+        assert set(rules_of(role)) == defaults, role
+    # blas: the map and the alternatives (a list of mappings) are checked in preflight.yml.
+    assert set(rules_of("blas")) == set(role_yaml("blas", "defaults")) - {
+        "blas_multiarch_map",
+        "blas_alternatives",
+    }
+    for role in ("blas", "swap", "pi_daemon"):
+        for rule in rules_of(role).values():
+            assert rule["type"] in CHECKS.TYPES, rule
+
+
+def test_every_role_variable_is_in_its_readme_with_its_default() -> None:
+    for role in ("blas", "swap", "pi_daemon"):
+        readme = (rf.ANSIBLE_DIR / "roles" / role / "README.md").read_text(encoding="utf-8")
+        rows = {
+            match.group(1): match.group(2)
+            for match in re.finditer(r"^\| `(\w+)` \| (.*?) \|", readme, re.M)
+        }
+        for name, default in role_yaml(role, "defaults").items():
+            assert name in rows, f"{role}/README.md does not list {name}"
+            if isinstance(default, (bool, int, float)) and not isinstance(default, str):
+                shown = json.dumps(default)
+                assert shown in rows[name], (role, name, rows[name])
+
+
+def config_data(key: str, value: object) -> dict[str, object]:
+    section, _, field = key.rpartition(".")
+    return {section: {field: value}} if section else {field: value}
+
+
+def daemon_accepts(tmp_path: Path, key: str, value: object) -> bool:
+    """Whether pi-daemon's own config loader accepts `key = value` (written as TOML)."""
+    from pi_daemon.config import load_config
+    from pi_daemon.errors import PiDaemonError
+
+    section, _, field = key.rpartition(".")
+    text = (f"[{section}]\n" if section else "") + f"{field} = {json.dumps(value)}\n"
+    path = tmp_path / "probe.toml"
+    path.write_text(text, encoding="utf-8")
+    try:
+        load_config(path)
+    except PiDaemonError:
+        return False
+    return True
+
+
+def boundary_cases(rule: dict) -> list[tuple[object, bool]]:
+    """Values just inside and just outside a rule's range, and whether the rule allows them."""
+    kind = rule["type"]
+    cases: list[tuple[object, bool]] = []
+    if "choices" in rule:
+        return [(choice, True) for choice in rule["choices"]] + [("not-a-choice", False)]
+    if kind == "bool":
+        return [(True, True), (False, True)]
+    step = 1 if kind in ("int", "int_list") else 1e-6
+    wrap = (lambda n: [n, n]) if kind == "int_list" else (lambda n: n)
+    if kind == "float":
+        wrap = float  # type: ignore[assignment]
+    if "min" in rule:
+        cases += [(wrap(rule["min"]), True), (wrap(rule["min"] - step), False)]
+    if "gt" in rule:
+        cases += [(wrap(rule["gt"]), False), (wrap(rule["gt"] + step), True)]
+    if "max" in rule:
+        cases += [(wrap(rule["max"]), True), (wrap(rule["max"] + step), False)]
+    return cases
+
+
+def test_pi_daemon_rules_have_the_daemons_own_bounds(tmp_path: Path) -> None:
+    """The preflight must reject what the daemon would, and nothing it accepts: each rule
+    with a config key is tried at its bounds against pi_daemon.config.load_config."""
+    checked = 0
+    for rule in rules_of("pi_daemon").values():
+        if "key" not in rule:
+            continue
+        for value, allowed in boundary_cases(rule):
+            by_rule = not CHECKS.checked_vars([rule], {rule["name"]: value})["problems"]
+            assert by_rule == allowed, (rule, value)
+            assert daemon_accepts(tmp_path, rule["key"], value) == allowed, (rule, value)
+            checked += 1
+    assert checked > 30
+
+
+def test_booted_target_needs_positive_evidence() -> None:
+    root = {"exists": True, "dev": 2049, "inode": 2, "isdir": True}
+    run_systemd = {"exists": True, "isdir": True}
+    assert CHECKS.booted_target(root, dict(root), run_systemd)
+    # A mounted image: no /proc, an empty /run.
+    assert not CHECKS.booted_target(root, {"exists": False}, {"exists": False})
+    # A chroot with /proc and /run bound from the host: PID 1's root is the host's.
+    host_root = {"exists": True, "dev": 64768, "inode": 2, "isdir": True}
+    assert not CHECKS.booted_target(root, host_root, run_systemd)
+    # No permission to look at PID 1 (the stat task failed, so no result at all).
+    assert not CHECKS.booted_target(root, {}, run_systemd)
+
+
+def test_swap_areas_and_the_disk_bound() -> None:
+    text = (
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+        "/var/swap                               file\t\t2097148\t\t0\t\t-2\n"
+        "/dev/zram0                              partition\t1000000\t\t0\t\t100\n"
+    )
+    assert CHECKS.swap_areas(text) == ["/var/swap", "/dev/zram0"]
+    assert CHECKS.swap_areas("Filename Type Size Used Priority\n") == []
+    mib = 1024 * 1024
+    blocks = 16 * 1024 * mib // 4096  # a 16 GiB SD card ...
+    free = 6 * 1024 * mib // 4096  # ... with 6 GiB free
+    problem = CHECKS.swap_disk_problem
+    assert problem(2048, 4096, blocks, free, 0, 50, 1024) == ""
+    assert "more than 50% of the 16384 MB" in problem(9000, 4096, blocks, free, 0, 50, 1024)
+    assert "at most 5120 MB" in problem(5500, 4096, blocks, free, 0, 50, 1024)
+    # The swap file that is there now is replaced, so its space counts as free.
+    assert problem(5500, 4096, blocks, free, 2048 * mib, 50, 1024) == ""
+
+
+def test_differences_names_what_does_not_match_the_record() -> None:
+    wanted = {"release": "0.1.1-a", "model": "m", "config_sha1": "c", "unit_sha1": "u"}
+    assert CHECKS.differences(wanted, dict(wanted)) == []
+    assert CHECKS.differences(wanted, {**wanted, "release": "0.1.0-b"}) == ["release"]
+    assert CHECKS.differences(wanted, {}) == list(wanted)
+
+
+@pytest.mark.system
+def test_check_mode_with_a_new_release_reports_the_build_and_passes(
+    converged_rootfs: ConvergedRootfs, pi_daemon_wheel: Path, tmp_path: Path
+) -> None:
+    """--check cannot build a venv: it must say which release it would build, count it as a
+    change and pass, instead of failing on the build's first link (it once did)."""
+    from tests.system.ansible_checks import release_id
+    from tests.system.wheels import derive_wheel
+
+    wheel = derive_wheel(pi_daemon_wheel, tmp_path, "0.1.1")
+    before = HostState.of(converged_rootfs.root)
+    run = converged_rootfs.run_playbook("--check", "--diff", pi_daemon_wheel=str(wheel))
+    assert_ok(run, "--check with a new release")
+    assert_says(run, f"would build release {release_id(wheel)}")
+    assert run.recap[converged_rootfs.host]["changed"] >= 1, run.changed_tasks()
+    assert HostState.of(converged_rootfs.root) == before
+
+
+# --- [mqtt]: credentials, certificates and the mqtt extra -------------------------------
+
+
+@pytest.mark.system
+def test_mqtt_renders_its_section_deploys_private_credentials_and_installs_the_extra(
+    converged_rootfs: ConvergedRootfs, tmp_path: Path
+) -> None:
+    from tests.tls import TestCA
+
+    ca = TestCA.create(tmp_path / "ca")
+    client = ca.issue("testpi")
+    mqtt_vars: dict[str, object] = {
+        "pi_daemon_mqtt_enabled": True,
+        "pi_daemon_mqtt_host": "collector.example",
+        "pi_daemon_mqtt_port": 8883,
+        "pi_daemon_mqtt_username": "testpi",
+        "pi_daemon_mqtt_password": "s3cret with spaces",
+        "pi_daemon_mqtt_tls": True,
+        "pi_daemon_mqtt_ca_file": str(ca.cert),
+        "pi_daemon_mqtt_cert_file": str(client.cert),
+        "pi_daemon_mqtt_key_file": str(client.key),
+        "pi_daemon_mqtt_device_id": "testpi-cam",
+        "pi_daemon_mqtt_commands": True,
+    }
+    root = converged_rootfs.root
+    before = HostState.of(root)
+    try:
+        run = converged_rootfs.run_playbook("--tags", "pi_daemon", **mqtt_vars)
+        assert_ok(run, "pi_daemon with [mqtt]")
+        assert "s3cret" not in run.output, "the password must never be logged"
+        after = HostState.of(root)
+        # Another release: the same wheel with the mqtt extra is another venv.
+        mqtt_release = before.link("current") + "-mqtt"
+        assert after.link("current") == mqtt_release, after.links
+        venv = f"/opt/pi-daemon/{mqtt_release}/venv/bin/python"
+        probe = converged_rootfs.chroot(venv, "-c", "import paho.mqtt as m; print(m.__version__)")
+        assert probe.returncode == 0 and probe.stdout.startswith("2."), probe.stdout + probe.stderr
+
+        config = tomllib.loads((root / "etc/pi-daemon/config.toml").read_text(encoding="utf-8"))
+        mqtt = config["mqtt"]
+        assert {key: mqtt[key] for key in ("enabled", "host", "port", "username", "tls")} == {
+            "enabled": True,
+            "host": "collector.example",
+            "port": 8883,
+            "username": "testpi",
+            "tls": True,
+        }
+        assert (mqtt["device_id"], mqtt["commands"], mqtt["qos"]) == ("testpi-cam", True, 1)
+        uid = int(converged_rootfs.chroot("id", "-u", "pi-daemon").stdout)
+        expected = {
+            "password_file": ("/etc/pi-daemon/mqtt/password", 0o600, uid, b"s3cret with spaces\n"),
+            "ca_file": ("/etc/pi-daemon/mqtt/ca.pem", 0o644, 0, ca.cert.read_bytes()),
+            "cert_file": ("/etc/pi-daemon/mqtt/client.pem", 0o644, 0, client.cert.read_bytes()),
+            "key_file": ("/etc/pi-daemon/mqtt/client.key", 0o600, uid, client.key.read_bytes()),
+        }
+        for key, (path, mode, owner, content) in expected.items():
+            assert mqtt[key] == path, (key, mqtt[key])
+            stat = (root / path.lstrip("/")).stat()
+            assert (stat.st_mode & 0o777, stat.st_uid) == (mode, owner), (path, oct(stat.st_mode))
+            assert (root / path.lstrip("/")).read_bytes() == content, path
+        # The daemon's own check, as the unit's user: it reads the password file and the
+        # certificates and refuses a password file anyone else could read.
+        check = converged_rootfs.chroot(
+            "/opt/pi-daemon/venv/bin/pi-daemon",
+            "check-config",
+            "/etc/pi-daemon/config.toml",
+            user="pi-daemon",
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+        again = converged_rootfs.run_playbook("--tags", "pi_daemon", **mqtt_vars)
+        assert_nothing_changed(again, converged_rootfs.host, "a second run with [mqtt]")
+
+        # A password without a user name, or a key without TLS, stops in the preflight.
+        bad = converged_rootfs.run_playbook(
+            "--tags", "pi_daemon", **{**mqtt_vars, "pi_daemon_mqtt_username": ""}
+        )
+        assert_failed(bad, converged_rootfs.host, "a password without a user name")
+        assert_says(bad, "a password needs pi_daemon_mqtt_username")
+        assert HostState.of(root) == after
+    finally:
+        restore = converged_rootfs.run_playbook("--tags", "pi_daemon")
+        assert_ok(restore, "pi_daemon without [mqtt] again")
+    config = tomllib.loads((root / "etc/pi-daemon/config.toml").read_text(encoding="utf-8"))
+    assert "mqtt" not in config
+    # With MQTT off again, its secrets do not stay behind on the host.
+    assert not (root / "etc/pi-daemon/mqtt").exists()
+    assert HostState.of(root).link("current") == before.link("current")
+    assert HostState.of(root).etc_pi_daemon == before.etc_pi_daemon

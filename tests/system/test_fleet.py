@@ -9,26 +9,21 @@ check tasks run against each host's real systemd and journald. In order:
 2. a good release (the project's wheel, version bumped to 0.1.1) rolls out one host
    per batch (site.yml's serial: a canary, then 25 % at a time), with `--tags pi_daemon`
    as an operator rolls out a release;
-3. a broken release (0.1.2, whose bundled model was truncated in the build; its
-   manifest agrees, so the controller's checks pass) fails the health check on the
-   canary: the play stops there (max_fail_percentage 0), the canary is rolled back to
-   0.1.1 and running again, and the other two hosts are never touched.
+3. a broken release (0.1.2, with a module the service loop needs left out of the wheel;
+   it passes the role's smoke test and config check, which never import it) fails the
+   health check on the canary: the play stops there (max_fail_percentage 0), the canary
+   is rolled back to 0.1.1 and running again, and the other two hosts are never touched.
 
 Everything is asserted from each host's journal and files, not from Ansible's output.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import itertools
-import json
 import os
 import re
-import shutil
 import time
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,72 +33,12 @@ from tests.system import nspawn
 from tests.system import rootfs as rf
 from tests.system.conftest import TIMINGS, ConvergedRootfs, RootfsFactory
 from tests.system.nspawn import UNIT, Container, events, wait_for
+from tests.system.wheels import derive_wheel, drop_module
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 HOSTS = ("pi-a", "pi-b", "pi-c")  # inventory order = rollout order
 PREFIX = "/opt/pi-daemon"
-BUNDLED_MODEL = "pi_daemon/models/efficientnet-lite0-int8.tflite"
-BUNDLED_MANIFEST = "pi_daemon/models/efficientnet-lite0-int8.json"
-
-
-# --- releases: the project's wheel with a new version (and optionally a defect) ------------
-
-
-def derive_wheel(
-    base: Path, dest: Path, version: str, patch: Callable[[Path], None] | None = None
-) -> Path:
-    """A copy of `base` re-versioned to `version` (METADATA, dist-info, __version__),
-    optionally patched, with a RECORD that matches its new contents."""
-    tree = dest / f"tree-{version}"
-    shutil.rmtree(tree, ignore_errors=True)
-    with zipfile.ZipFile(base) as archive:
-        archive.extractall(tree)
-    (old_info,) = tree.glob("pi_daemon-*.dist-info")
-    old_version = old_info.name.removeprefix("pi_daemon-").removesuffix(".dist-info")
-    info = old_info.rename(tree / f"pi_daemon-{version}.dist-info")
-    metadata = info / "METADATA"
-    metadata.write_text(
-        re.sub(r"(?m)^Version: .*$", f"Version: {version}", metadata.read_text("utf-8")),
-        encoding="utf-8",
-    )
-    init = tree / "pi_daemon" / "__init__.py"
-    text = init.read_text(encoding="utf-8")
-    assert f'__version__ = "{old_version}"' in text, text
-    init.write_text(text.replace(old_version, version), encoding="utf-8")
-    if patch is not None:
-        patch(tree)
-
-    files = sorted(p for p in tree.rglob("*") if p.is_file() and p.name != "RECORD")
-    record = info / "RECORD"
-    lines = []
-    for path in files:
-        data = path.read_bytes()
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        lines.append(f"{path.relative_to(tree).as_posix()},sha256={digest},{len(data)}")
-    lines.append(f"{record.relative_to(tree).as_posix()},,")
-    record.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-    wheel = dest / f"pi_daemon-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in [*files, record]:
-            info_entry = zipfile.ZipInfo(path.relative_to(tree).as_posix(), (1980, 1, 1, 0, 0, 0))
-            info_entry.external_attr = 0o644 << 16
-            archive.writestr(info_entry, path.read_bytes(), zipfile.ZIP_DEFLATED)
-    shutil.rmtree(tree)
-    return wheel
-
-
-def truncate_bundled_model(tree: Path) -> None:
-    """The defect: a model cut off in the build, its manifest made from the cut file."""
-    model = tree / BUNDLED_MODEL
-    data = model.read_bytes()
-    model.write_bytes(data[: len(data) // 3])
-    manifest_path = tree / BUNDLED_MANIFEST
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    manifest["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
-    manifest["size_bytes"] = model.stat().st_size
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
 # --- the fleet ---------------------------------------------------------------------------------
@@ -303,7 +238,7 @@ def test_broken_release_fails_the_canary_which_is_rolled_back_and_the_rest_untou
 ) -> None:
     assert "0.1.1" in fleet.releases, "the good release did not roll out"
     canary, *others = HOSTS
-    broken = derive_wheel(pi_daemon_wheel, fleet.workdir, "0.1.2", truncate_bundled_model)
+    broken = derive_wheel(pi_daemon_wheel, fleet.workdir, "0.1.2", drop_module("governor"))
     before = {name: fleet.snapshot(name) for name in HOSTS}
     good_sha = nspawn.installed_model(fleet.containers[canary].root)["sha256"]
 
@@ -314,23 +249,30 @@ def test_broken_release_fails_the_canary_which_is_rolled_back_and_the_rest_untou
     assert run.recap[canary]["failed"] == 1 and run.recap[canary]["rescued"] >= 1, run.recap
     assert run.output.count("PLAY [Provision the Pi fleet]") == 1  # only the first batch
     assert re.search(r"rolled-back service is\s+healthy", run.output), run.tail()
+    # It names what it rolled back to: the release and model that last passed here.
+    rolled_back = (
+        rf"Rolled back to release\s+{fleet.releases['0.1.1']}\s+and model\s+{good_sha[:12]}"
+    )
+    assert re.search(rolled_back, run.output), run.tail()
 
     # The canary: the broken release was installed, failed, and was rolled back.
     c = fleet.containers[canary]
     after = fleet.snapshot(canary)
     assert after.links["current"] == f"releases/{fleet.releases['0.1.1']}", after.links
     assert after.links["models/current"] == good_sha, after.links
+    # previous still names the release before 0.1.1, never the one now current again.
+    assert after.links["previous"] == before[canary].links["previous"] != after.links["current"]
     assert after.config == before[canary].config  # the config was put back too
     assert any(r.startswith("0.1.2-") for r in after.releases), after.releases
     text = "\n".join(str(e.get("MESSAGE", "")) for e in c.journal(UNIT, before[canary].cursor))
-    assert "the interpreter cannot load it" in text, text
-    assert "status=78/CONFIG" in text, text
+    assert "No module named 'pi_daemon.governor'" in text, text
+    assert "status=1/FAILURE" in text, text
     run_now = assert_running_release(fleet, canary, "0.1.1", good_sha)
     assert run_now["start"]["_SYSTEMD_INVOCATION_ID"] != before[canary].show["InvocationID"]
     failed_at = max(
         int(e["__REALTIME_TIMESTAMP"])
         for e in c.journal(UNIT, before[canary].cursor)
-        if "status=78/CONFIG" in str(e.get("MESSAGE", ""))
+        if "status=1/FAILURE" in str(e.get("MESSAGE", ""))
     )
     assert int(run_now["ready"]["__REALTIME_TIMESTAMP"]) > failed_at  # a fresh ready after
 

@@ -7,6 +7,11 @@ test here, in order; each test starts from the same baseline (`baseline()`): the
 config, no test drop-in, the service freshly active. Everything is asserted from what
 an operator sees: `systemctl show`, `journalctl -u pi-daemon -o json` inside the
 container, and the files on it.
+
+Each test runs on bookworm (systemd 252) and on trixie (systemd 257, Python 3.13): the
+`host` fixture is parametrized by suite, one container at a time. The heat test and the
+playbook against the live container run on bookworm only (`BOOKWORM_ONLY`): the first is
+the daemon's own logic, the second the fleet path that test_fleet.py covers.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import pytest
 from pi_daemon.events import MESSAGE_IDS, Event
 from tests.system import nspawn
 from tests.system import rootfs as rf
-from tests.system.conftest import TIMINGS, ConvergedRootfs, RootfsFactory
+from tests.system.conftest import TIMINGS, for_suite
 from tests.system.nspawn import UNIT, Container, events, wait_for
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -32,6 +37,9 @@ pytestmark = [pytest.mark.system, pytest.mark.slow]
 # What the bundled demo photos are classified as by the bundled Lite0 int8 model.
 DEMO_LABELS = {"tiger cat", "espresso", "missile"}
 SHOW = ("ActiveState", "SubState", "Result", "NRestarts", "ExecMainStatus", "StatusText")
+SUITES = ("bookworm", "trixie")
+BOOKWORM_ONLY = pytest.mark.parametrize("host", ["bookworm"], indirect=True)
+TRIXIE_ONLY = pytest.mark.parametrize("host", ["trixie"], indirect=True)
 
 
 @dataclass
@@ -41,18 +49,26 @@ class Host:
     baseline_config: str
     cgroups_before: dict[Path, set[str]]
     started: float
+    suite: str
 
     @property
     def root(self) -> Path:
         return self.container.root
 
+    @property
+    def label(self) -> str:
+        """Appended to timing names: bookworm's stay as they always were."""
+        return "" if self.suite == "bookworm" else f" ({self.suite})"
 
-@pytest.fixture(scope="module")
+
+@pytest.fixture(scope="module", params=SUITES)
 def host(
-    converged_rootfs: ConvergedRootfs,
-    rootfs_factory: RootfsFactory,
-    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Host]:
+    suite = request.param
+    converged_rootfs, rootfs_factory = for_suite(request, suite)
+    # Timing names: bookworm's as they always were, trixie's marked.
+    label = "" if suite == "bookworm" else f" ({suite})"
     cgroups_before = nspawn.prepare_host_for_containers()
     started = time.monotonic()
     root = rootfs_factory.clone(converged_rootfs.root, "nspawn-single")
@@ -62,14 +78,14 @@ def host(
     baseline = nspawn.daemon_config(model)
     nspawn.write_config(root, baseline)
     containers, seconds = nspawn.boot_all({"pi-single": root}, tmp_path_factory.mktemp("nspawn"))
-    TIMINGS["nspawn: clone + boot one container"] = time.monotonic() - started
-    TIMINGS["nspawn: boot alone"] = seconds
+    TIMINGS[f"nspawn: clone + boot one container{label}"] = time.monotonic() - started
+    TIMINGS[f"nspawn: boot alone{label}"] = seconds
     container = containers["pi-single"]
     try:
-        yield Host(container, model, baseline, cgroups_before, started)
+        yield Host(container, model, baseline, cgroups_before, started, suite)
     finally:
         container.close()
-        TIMINGS["nspawn: single-host tests, boot to teardown"] = time.monotonic() - started
+        TIMINGS[f"nspawn: single-host tests, boot to teardown{label}"] = time.monotonic() - started
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -235,6 +251,7 @@ def test_reload_with_a_broken_model_keeps_the_old_one_classifying(host: Host) ->
 # --- 5. Heat --------------------------------------------------------------------------------
 
 
+@BOOKWORM_ONLY
 def test_rising_temperature_throttles_and_recovers(host: Host) -> None:
     c = host.container
     baseline(host)
@@ -361,7 +378,7 @@ def test_stop_exits_zero_within_timeout_and_events_file_is_whole(host: Host) -> 
     took = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert took < limit_s, f"stop took {took:.1f} s (TimeoutStopSec={limit_s}s)"
-    TIMINGS["nspawn: systemctl stop"] = took
+    TIMINGS[f"nspawn: systemctl stop{host.label}"] = took
     after = state(c, "ExecMainCode")
     assert (after["ActiveState"], after["Result"]) == ("inactive", "success"), after
     assert (after["ExecMainCode"], after["ExecMainStatus"]) == ("1", "0"), after  # exited 0
@@ -372,12 +389,16 @@ def test_stop_exits_zero_within_timeout_and_events_file_is_whole(host: Host) -> 
     assert text.endswith("\n")
     # Every line is whole, including those of the run the watchdog killed with SIGABRT.
     records = [json.loads(line) for line in text.splitlines()]
-    last_start = max(i for i, r in enumerate(records) if r.get("frame_id") == 1)
+    # Every run's events begin with its start event (the file holds every event now).
+    last_start = max(i for i, r in enumerate(records) if r["type"] == "start")
     last_run = records[last_start:]
     frames = [r["frame_id"] for r in last_run if r["type"] == "result"]
     assert frames == list(range(1, len(frames) + 1))
     assert len(frames) == int(stop["FRAMES"]), (len(frames), stop["MESSAGE"])
-    assert last_run[-1]["type"] == "summary"  # the final summary was flushed before exit
+    # The final summary, then the stop event, were flushed before exit.
+    assert [r["type"] for r in last_run[-2:]] == ["summary", "stop"], last_run[-3:]
+    seqs = [r["seq"] for r in last_run]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq must rise by 1 per event"
 
 
 # --- 6. Bad config --------------------------------------------------------------------------
@@ -410,9 +431,40 @@ def test_bad_config_fails_with_78_and_is_not_restarted(host: Host) -> None:
     baseline(host)
 
 
+@TRIXIE_ONLY
+def test_tflite_runtime_backend_on_python_313_fails_with_78_and_is_not_restarted(
+    host: Host,
+) -> None:
+    c = host.container
+    baseline(host)
+    write_dropin(host, "RestartSec=1s\n")
+    try:
+        config = host.baseline_config.replace(
+            "[model]\n", '[model]\nbackend = "tflite-runtime"\n', 1
+        )
+        assert config != host.baseline_config
+        nspawn.write_config(host.root, config)
+        mark = c.cursor()
+        assert c.systemctl("restart", UNIT).returncode != 0
+        time.sleep(4)
+        after = state(c, "ExecMainCode")
+        assert (after["ActiveState"], after["Result"]) == ("failed", "exit-code"), after
+        assert (after["ExecMainStatus"], after["NRestarts"]) == ("78", "0"), after
+        text = messages(c.journal(UNIT, mark))
+        assert "tflite-runtime has no wheel for Python 3.13" in text, text
+        assert "Traceback" not in text and "Scheduled restart job" not in text, text
+    finally:
+        (host.root / nspawn.TEST_DROPIN.lstrip("/")).unlink(missing_ok=True)
+        nspawn.write_config(host.root, host.baseline_config)
+        c.systemctl("daemon-reload")
+        c.systemctl("reset-failed", UNIT)
+    baseline(host)
+
+
 # --- 7. The playbook against the live container ---------------------------------------------
 
 
+@BOOKWORM_ONLY
 def test_playbook_restarts_and_health_checks_against_live_systemd(
     host: Host, pi_daemon_wheel: Path, tmp_path: Path
 ) -> None:
