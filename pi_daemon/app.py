@@ -1,34 +1,60 @@
-"""The one place that wires config to adapters and hands them to the daemon loop."""
+"""The one place that wires config to adapters and hands them to the daemon loop.
+
+`run_service` builds, in order: the event identity and hub (so every later event, the
+start and the error ones too, reaches every sink), the sinks and the MQTT delivery, the
+model, the source, the daemon, then the HTTP endpoint; it runs the loop and tears it all
+down in reverse. Each resource has one owner here: what this module opens, it closes.
+The builders (`build_classifier`, `build_sinks`, `build_extras`, `loop_settings`) are the
+ones `pi-daemon bench` uses too, so the bench measures what runs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
-import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING
 
-from pi_daemon import __version__
+from pi_daemon import __version__, events, testing_faults
+from pi_daemon.capture import RetryPolicy
 from pi_daemon.classifier import Classifier
 from pi_daemon.config import Config, as_dict, load_config, replace, resolve_relative
-from pi_daemon.daemon import Daemon, LoopSettings
-from pi_daemon.errors import PiDaemonError
-from pi_daemon.events import Event, emit
+from pi_daemon.daemon import Daemon, Extras, LoopSettings, ReloadFailed, model_fields
+from pi_daemon.errors import ConfigError, PiDaemonError
+from pi_daemon.events import Event, EventHub, emit
+from pi_daemon.fileio import FileProblem
 from pi_daemon.governor import SensorGovernor
-from pi_daemon.metrics import start_metrics
-from pi_daemon.model import Model, load_model
+from pi_daemon.identity import ClockSync, Identity, SequenceNumbers, device_id_for, read_boot_id
+from pi_daemon.logsetup import shutdown_logging
+from pi_daemon.memory import release_mapped_file, trim_heap
+from pi_daemon.model import Model, ProveMode, load_model
 from pi_daemon.notify import SystemdNotifier
+from pi_daemon.signals import SignalRelay
 from pi_daemon.sinks.base import Sink, SinkDispatcher
 from pi_daemon.sinks.jsonl import JsonlSink
 from pi_daemon.sinks.log import LogSink
-from pi_daemon.sources import FrameSource, create_source
+from pi_daemon.statedir import resolve_state_dir
+from pi_daemon.status import DaemonStatus, health
+
+if TYPE_CHECKING:
+    from pi_daemon.metrics import Metrics
+    from pi_daemon.mqtt import Command, Delivery
 
 log = logging.getLogger(__name__)
 
+SEQUENCE_FILE = "seq"
 
-def load_configured_model(config: Config, base_dir: Path | None) -> Model:
+
+# -- builders ---------------------------------------------------------------------------
+
+
+def load_configured_model(
+    config: Config, base_dir: Path | None, prove: ProveMode = "unvouched"
+) -> Model:
     section = config.model
     return load_model(
         resolve_relative(section.path, base_dir) if section.path else "",
@@ -36,52 +62,246 @@ def load_configured_model(config: Config, base_dir: Path | None) -> Model:
         expected_sha256=section.sha256,
         backend=section.backend,
         num_threads=section.num_threads,
+        prove=prove,
     )
 
 
-def build_classifier(config: Config, base_dir: Path | None) -> Classifier:
-    model = load_configured_model(config, base_dir)
-    return Classifier(model, top_k=config.model.top_k, crop=config.preprocess.crop)
+def build_classifier(
+    config: Config, base_dir: Path | None, prove: ProveMode = "unvouched"
+) -> Classifier:
+    model = load_configured_model(config, base_dir, prove)
+    classifier = Classifier(
+        model, top_k=config.model.top_k, crop=config.preprocess.crop, roi=config.preprocess.roi
+    )
+    # The model has run once (load_model's test invoke), so the delegate has packed the
+    # weights: the file's pages are no longer read, and need not stay resident.
+    release_mapped_file(model.path)
+    return classifier
 
 
-def build_sinks(config: Config, base_dir: Path | None) -> list[Sink]:
+def build_sinks(
+    config: Config,
+    base_dir: Path | None,
+    identity: Identity,
+    extra: list[Sink] | None = None,
+) -> list[Sink]:
     out = config.output
-    sinks: list[Sink] = [LogSink(out.log_score_threshold)]
+    log_results = not config.rules.enabled or config.rules.journal_results == "changes"
+    sinks: list[Sink] = [LogSink(out.log_score_threshold, identity, log_results)]
     if out.events_file:
         path = resolve_relative(out.events_file, base_dir)
-        sinks.append(JsonlSink(path, out.events_max_bytes, out.events_backup_count))
-    return sinks
+        sinks.append(JsonlSink(path, out.events_max_bytes, out.events_backup_count, identity))
+    return sinks + (extra or [])
+
+
+def build_extras(config: Config, base_dir: Path | None, state_dir: Path | None) -> Extras:
+    """Motion gating, event rules and snapshots, as configured (each off by default)."""
+    from pi_daemon.motion import MotionGate
+    from pi_daemon.rules import EventRules, RuleSettings
+    from pi_daemon.snapshots import SnapshotStore, snapshot_directory
+
+    gate = (
+        MotionGate.from_config(config.motion, config.preprocess.roi)
+        if config.motion.enabled
+        else None
+    )
+    rules = EventRules(RuleSettings.from_config(config.rules)) if config.rules.enabled else None
+    store = None
+    if config.snapshots.enabled:
+        if state_dir is None:
+            raise ConfigError("snapshots.enabled: needs a state directory")
+        directory = resolve_relative(str(snapshot_directory(config.snapshots, state_dir)), base_dir)
+        store = SnapshotStore.from_config(config.snapshots, directory)
+    return Extras(gate, rules, store)
 
 
 def loop_settings(config: Config) -> LoopSettings:
-    from pi_daemon.capture import RetryPolicy
-
+    """The loop's settings from config; read and frame timeouts come from the source."""
     cap = config.capture
-    read_timeout = (
-        config.picamera2.capture_timeout_s
-        if config.source == "picamera2"
-        else config.opencv.read_timeout_s
-    )
     return LoopSettings(
         stall_timeout_s=cap.stall_timeout_s,
         summary_interval_s=config.output.summary_interval_s,
-        read_timeout_s=read_timeout,
         retry=RetryPolicy(cap.max_consecutive_failures, cap.backoff_initial_s, cap.backoff_max_s),
     )
 
 
+def build_identity(config: Config) -> Identity:
+    """This device's id (mqtt.device_id, else the host name) and this boot's id."""
+    return Identity(device_id_for(config.mqtt.device_id), read_boot_id())
+
+
+def open_sequence(state_dir: Path) -> SequenceNumbers:
+    """The persistent event sequence; an unusable state directory is a config error."""
+    path = state_dir / SEQUENCE_FILE
+    try:
+        numbers = SequenceNumbers(path)
+        numbers.reserve_first_block()
+    except FileProblem as error:
+        raise ConfigError(f"output.state_dir: {path}: {error.reason}") from None
+    except OSError as error:
+        raise ConfigError(f"output.state_dir: {path}: {error.strerror or error}") from None
+    return numbers
+
+
+# -- the service ------------------------------------------------------------------------
+
+
 def run_service(config: Config, config_path: Path | None, max_frames: int | None = None) -> int:
     """Load everything, run the loop until stopped, return the exit code."""
-    base_dir = config_path.parent if config_path else None
     stop = threading.Event()
     # Early, so SIGTERM during a slow model load still ends in a clean exit 0.
-    _install_signal_handlers(stop)
+    relay = SignalRelay(stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _run_service(config, config_path, max_frames, stop, relay)
+    finally:
+        if relay is not None:
+            relay.close()
+
+
+@dataclass
+class Controls:
+    """What operators may ask of a running daemon besides signals: MQTT commands."""
+
+    reload_requested: threading.Event
+    paused_by_command: threading.Event
+    on_pause_changed: Callable[[], None] = lambda: None
+
+    def command(self, command: Command) -> None:
+        """Runs on the MQTT network thread: only sets Events and logs one line."""
+        from pi_daemon.mqtt import Command
+
+        if command is Command.RELOAD:
+            log.info("MQTT command: reload (as SIGHUP)")
+            self.reload_requested.set()
+            return
+        paused = command is Command.PAUSE
+        if paused == self.paused_by_command.is_set():
+            log.info(
+                "MQTT command: %s (already %s)", command.value, "paused" if paused else "running"
+            )
+            return
+        log.info("MQTT command: %s", command.value)
+        (self.paused_by_command.set if paused else self.paused_by_command.clear)()
+        self.on_pause_changed()
+
+
+def _run_service(
+    config: Config,
+    config_path: Path | None,
+    max_frames: int | None,
+    stop: threading.Event,
+    relay: SignalRelay | None,
+) -> int:
+    base_dir = config_path.parent if config_path else None
     # The watchdog kills with SIGABRT: dump every thread's stack to stderr (the journal)
     # first, so a hang leaves a record of where it was stuck.
     faulthandler.enable(all_threads=True)
     notifier = SystemdNotifier()
     notifier.status("loading model")
-    classifier = build_classifier(config, base_dir)
+    state_dir = resolve_state_dir(config.output.state_dir)
+    identity = build_identity(config)
+    controls = Controls(threading.Event(), threading.Event())
+    with contextlib.ExitStack() as owned:
+        sequence = open_sequence(state_dir)
+        owned.callback(sequence.close)
+        delivery, mqtt_sinks = build_delivery(config, base_dir, identity, state_dir, controls)
+        sinks = build_sinks(config, base_dir, identity, mqtt_sinks)
+        if delivery is not None:
+            # Closed after the dispatcher has drained (ExitStack: last in, first out).
+            owned.callback(delivery.close)
+        metrics = _metrics(config)
+        dispatcher = SinkDispatcher(sinks + ([metrics.sink] if metrics else []))
+        owned.callback(dispatcher.close)
+        hub = EventHub(
+            identity, sequence, ClockSync(config.output.clock_synced_path), dispatcher.submit
+        )
+        owned.enter_context(_installed(hub))
+        owned.callback(notifier.close)
+        try:
+            code = _serve(
+                config, config_path, max_frames, stop, relay, notifier, hub, dispatcher,
+                delivery, metrics, controls, state_dir,
+            )  # fmt: skip
+        except PiDaemonError as error:
+            emit(
+                log,
+                logging.ERROR,
+                Event.ERROR,
+                "exiting with code %d: %s",
+                error.exit_code,
+                "; ".join(str(error).splitlines()),
+                exit_code=error.exit_code,
+            )
+            raise
+        return code
+
+
+@contextlib.contextmanager
+def _installed(hub: EventHub) -> Iterator[EventHub]:
+    events.install(hub)
+    try:
+        yield hub
+    finally:
+        events.install(None)
+
+
+def build_delivery(
+    config: Config,
+    base_dir: Path | None,
+    identity: Identity,
+    state_dir: Path,
+    controls: Controls | None = None,
+) -> tuple[Delivery | None, list[Sink]]:
+    """The MQTT delivery and its sink, when `[mqtt]` is on (the caller starts and closes
+    the delivery); bad local inputs (password file, certificates) are ConfigErrors."""
+    if not config.mqtt.enabled:
+        return None, []
+    from pi_daemon.mqtt import Delivery
+    from pi_daemon.sinks.mqtt import MqttSink
+    from pi_daemon.snapshots import snapshot_directory
+
+    commands = controls.command if controls is not None and config.mqtt.commands else None
+    delivery = Delivery(config.mqtt, identity.device_id, state_dir, on_command=commands)
+    snapshots = (
+        resolve_relative(str(snapshot_directory(config.snapshots, state_dir)), base_dir)
+        if config.snapshots.enabled
+        else None
+    )
+    paused = controls.paused_by_command.is_set if controls is not None else (lambda: False)
+    sink = MqttSink(delivery, identity, snapshots, paused)
+    if controls is not None:
+        controls.on_pause_changed = sink.publish_state
+    return delivery, [sink]
+
+
+def _metrics(config: Config) -> Metrics | None:
+    if not config.metrics.enabled:
+        return None
+    from pi_daemon.metrics import Metrics
+
+    return Metrics()
+
+
+def _serve(
+    config: Config,
+    config_path: Path | None,
+    max_frames: int | None,
+    stop: threading.Event,
+    relay: SignalRelay | None,
+    notifier: SystemdNotifier,
+    hub: EventHub,
+    dispatcher: SinkDispatcher,
+    delivery: Delivery | None,
+    metrics: Metrics | None,
+    controls: Controls,
+    state_dir: Path,
+) -> int:
+    from pi_daemon.sources import create_source
+
+    base_dir = config_path.parent if config_path else None
+    classifier = testing_faults.apply_to_classifier(
+        build_classifier(config, base_dir), config.testing, stop
+    )
     model = classifier.model
     emit(
         log,
@@ -95,26 +315,20 @@ def run_service(config: Config, config_path: Path | None, max_frames: int | None
         model.loaded.version,
         config.model.num_threads,
         classifier.output_kind,
-        model=model.name,
-        model_sha256=model.sha256,
-        backend=model.loaded.backend,
         num_threads=config.model.num_threads,
+        **model_fields(classifier),
     )
-    # Bind before touching the camera: a port clash is a config error (exit 78).
-    metrics = start_metrics(config.metrics)
-    source = with_source_fault(create_source(config, model.input_size, base_dir), config, stop)
-    source.open()
-    log.info("source: %s", source.describe())
-    notifier.status(f"waiting for the first frame from {source.name}")
-    try:
-        extra_sinks = [metrics.sink] if metrics else []
-        dispatcher = SinkDispatcher(build_sinks(config, base_dir) + extra_sinks)
-    except PiDaemonError:
-        source.close()
-        raise
-    reloader = Reloader(config, config_path, notifier, stop)
+    extras = build_extras(config, base_dir, state_dir)
+    source = testing_faults.apply_to_source(
+        create_source(config, model.input_size, base_dir, prescale=classifier.preprocess.prescale),
+        config.testing,
+        stop,
+    )
+    if extras.snapshots is not None:
+        source.keep_recent(3)
+    reloader = Reloader(config, config_path, stop)
     daemon = Daemon(
-        with_invoke_fault(classifier, config, stop),
+        classifier,
         source,
         dispatcher,
         loop_settings(config),
@@ -123,68 +337,76 @@ def run_service(config: Config, config_path: Path | None, max_frames: int | None
         notifier=notifier,
         stop=stop,
         reload=reloader,
+        hub=hub,
+        extras=extras,
+        paused_by_command=controls.paused_by_command,
+        reload_requested=controls.reload_requested,
     )
-    reloader.daemon = daemon
-    if metrics:
-        metrics.watch(daemon)
-    _install_signal_handlers(stop, daemon.reload_requested)
+
+    def status() -> DaemonStatus:
+        return daemon.status().with_delivery(delivery.status() if delivery else None)
+
+    endpoint = None
+    if metrics is not None:
+        # Bound before touching the camera: a port clash is a config error (exit 78).
+        from pi_daemon.endpoint import Endpoint, TlsFiles
+
+        section = config.metrics
+        tls = None
+        if section.cert_file:
+            tls = TlsFiles(
+                str(resolve_relative(section.cert_file, base_dir)),
+                str(resolve_relative(section.key_file, base_dir)),
+                str(resolve_relative(section.client_ca_file, base_dir))
+                if section.client_ca_file
+                else "",
+            )
+        metrics.watch(status)
+        endpoint = Endpoint(
+            section.address, section.port, metrics.exposition, lambda: health(status()), tls
+        )
+        log.info("metrics: serving /metrics and /healthz on %s", endpoint.url)
     try:
-        code = daemon.run(max_frames)
+        source.open()
+        trim_heap()  # what loading the model and the stills left behind
+        log.info("source: %s", source.describe())
+        notifier.status(f"waiting for the first frame from {source.name}")
+        if delivery is not None:
+            delivery.start()
+        if relay is not None:
+            relay.reload_requested = controls.reload_requested
+            relay.watch(daemon.loop_left, lambda: _shutdown_without_loop(daemon, notifier))
+        try:
+            code = daemon.run(max_frames)
+        finally:
+            if daemon.capture_stopped:
+                source.close()
     finally:
-        notifier.close()
-        if metrics:
-            metrics.close()
+        if endpoint is not None:
+            endpoint.close()
     emit(
         log,
         logging.INFO,
         Event.STOP,
-        "stopped after %d frames",
+        "stopped after %d frames (%d skipped as unchanged)",
         daemon.counters.frames,
+        daemon.counters.skipped,
         frames=daemon.counters.frames,
+        skipped_frames=daemon.counters.skipped,
         exit_code=code,
     )
     return code
 
 
-def _install_signal_handlers(
-    stop: threading.Event, reload_requested: threading.Event | None = None
-) -> None:
-    """SIGTERM/SIGINT set `stop`; SIGHUP sets `reload_requested` (ignored until it exists).
-
-    The handlers only start a short thread that logs and sets the Event: a Python signal
-    handler runs on the main thread between bytecodes, possibly while that thread holds
-    the Event's or the log queue's (non-reentrant) lock, and taking it again there would
-    deadlock.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def later(action: Callable[[], None]) -> None:
-        threading.Thread(target=action, name="signal", daemon=True).start()
-
-    def request_stop(signum: int, _frame: object) -> None:
-        def act() -> None:
-            log.info("%s received: stopping", signal.Signals(signum).name)
-            stop.set()
-
-        later(act)
-
-    def request_reload(_signum: int, _frame: object) -> None:
-        def act() -> None:
-            if reload_requested is None:
-                log.warning("SIGHUP received while starting: ignored (nothing to reload yet)")
-                return
-            log.info("SIGHUP received: reloading config and model")
-            reload_requested.set()
-
-        later(act)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGHUP, request_reload)
+def _shutdown_without_loop(daemon: Daemon, notifier: SystemdNotifier) -> None:
+    """The main thread is wedged in C: deliver what it recorded, then the logs (the relay
+    thread ends the process afterwards)."""
+    notifier.stopping()
+    daemon.dispatcher.close(timeout=4.0)
+    shutdown_logging(timeout=1.0)
 
 
-# -- SIGHUP reload ------------------------------------------------------------------
+# -- reload ----------------------------------------------------------------------------
 
 # Sections a reload applies (they only shape the Classifier); changes to any other key
 # are logged as needing a restart rather than silently ignored.
@@ -208,50 +430,30 @@ def settings_needing_restart(running: Config, new: Config) -> list[str]:
 
 class Reloader:
     """The daemon's `reload=` callback: re-read the config file and the model, validate
-    both, and hand back a new Classifier, or None to keep running on the old one.
+    both, and return a new Classifier, or raise ReloadFailed to keep the old one.
 
-    It runs on the loop's thread between frames, so the swap needs no lock.
+    The daemon runs it on the loop's thread between frames and does the protocol around
+    it (RELOADING=1 ... READY=1, the failure event); this only knows config and models.
     """
 
-    def __init__(
-        self,
-        config: Config,
-        config_path: Path | None,
-        notifier: SystemdNotifier,
-        stop: threading.Event,
-    ) -> None:
+    def __init__(self, config: Config, config_path: Path | None, stop: threading.Event) -> None:
         self.config = config
         self.config_path = config_path
-        self.notifier = notifier
         self.stop = stop
-        self.daemon: Daemon | None = None
 
-    def __call__(self) -> Classifier | None:
-        # systemd holds the unit in "reloading" from RELOADING=1 until READY=1, so READY=1
-        # follows whatever the outcome: a failed reload leaves the service running.
-        self.notifier.reloading()
-        try:
-            return self._reload()
-        finally:
-            status = self.daemon.status_line() if self.daemon else "running"
-            self.notifier.ready(status)
-
-    def _reload(self) -> Classifier | None:
+    def __call__(self) -> Classifier:
         path = self.config_path
         base_dir = path.parent if path else None
         try:
             new = load_config(path) if path else self.config
         except PiDaemonError as error:
-            self._failed(f"config: {error}")
-            return None
+            raise ReloadFailed(f"config: {error}") from None
         try:
-            classifier = build_classifier(new, base_dir)
+            # Proven in a child process first: a model that crashes the runtime must not
+            # take the running service down with it.
+            classifier = build_classifier(new, base_dir, prove="always")
         except PiDaemonError as error:
-            self._failed(f"model: {error}")
-            return None
-        except Exception as error:  # a reload must never take a running service down
-            self._failed(f"model: {type(error).__name__}: {error}")
-            return None
+            raise ReloadFailed(f"model: {error}") from None
         restart = settings_needing_restart(self.config, new)
         if restart:
             log.warning(
@@ -272,88 +474,8 @@ class Reloader:
             model.sha256[:12],
             model.loaded.backend,
             new.model.num_threads,
-            model=model.name,
-            model_sha256=model.sha256,
-            backend=model.loaded.backend,
             num_threads=new.model.num_threads,
             result="ok",
+            **model_fields(classifier),
         )
-        return with_invoke_fault(classifier, new, self.stop)
-
-    def _failed(self, reason: str) -> None:
-        running = self.daemon.classifier.model if self.daemon else None
-        emit(
-            log,
-            logging.ERROR,
-            Event.RELOAD,
-            "reload failed, still running model %s (sha256 %s…): %s",
-            running.name if running else "?",
-            running.sha256[:12] if running else "?",
-            "; ".join(str(reason).splitlines()),
-            model=running.name if running else None,
-            model_sha256=running.sha256 if running else None,
-            result="failed",
-        )
-
-
-# -- test-only faults ([testing] in the config; refused without PI_DAEMON_ALLOW_FAULTS=1) --
-
-
-class _HangingClassifier:
-    """Classifies `after` frames, then blocks in classify() until `stop`: a stuck invoke."""
-
-    def __init__(self, inner: Classifier, after: int, stop: threading.Event) -> None:
-        self._inner, self._after, self._stop = inner, after, stop
-        self._count = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def classify(self, frame: Any, **kwargs: Any) -> Any:
-        if self._count == self._after:
-            log.warning("testing fault: inference hangs now (until stop)")
-        if self._count >= self._after:
-            self._stop.wait()  # released by SIGTERM, so a clean stop still works
-        self._count += 1
-        return self._inner.classify(frame, **kwargs)
-
-
-class _HangingSource(FrameSource):
-    """Reads `after` frames, then blocks in read() until `stop`: a stuck camera."""
-
-    def __init__(self, inner: FrameSource, after: int, stop: threading.Event) -> None:
-        super().__init__()
-        self._inner, self._after, self._stop = inner, after, stop
-        self._count = 0
-        self.name, self.live = inner.name, inner.live
-
-    def open(self) -> None:
-        self._inner.open()
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def describe(self) -> str:
-        return f"{self._inner.describe()} [testing: hangs after {self._after} frames]"
-
-    def read(self, timeout: float) -> Any:
-        if self._count == self._after:
-            log.warning("testing fault: capture hangs now (until stop)")
-        if self._count >= self._after:
-            self._stop.wait()
-        self._count += 1
-        return self._inner.read(timeout)
-
-
-def with_invoke_fault(classifier: Classifier, config: Config, stop: threading.Event) -> Classifier:
-    testing = config.testing
-    if testing.fault != "hang-invoke":
-        return classifier
-    return cast(Classifier, _HangingClassifier(classifier, testing.fault_after_frames, stop))
-
-
-def with_source_fault(source: FrameSource, config: Config, stop: threading.Event) -> FrameSource:
-    testing = config.testing
-    if testing.fault != "hang-capture":
-        return source
-    return _HangingSource(source, testing.fault_after_frames, stop)
+        return testing_faults.apply_to_classifier(classifier, new.testing, self.stop)

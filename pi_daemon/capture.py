@@ -16,16 +16,36 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from pi_daemon.errors import PiDaemonError, SourceFailed
 from pi_daemon.events import Event, emit
-from pi_daemon.preprocess import CropMode, Frame, FrameShapeError, Preprocessor, check_frame
+from pi_daemon.frame import Frame, FrameShapeError, check_frame
+from pi_daemon.preprocess import CropMode, Preprocessor
+from pi_daemon.roi import FULL_FRAME, Roi
 from pi_daemon.sources.base import FrameSource, SourceEnded, SourceError
 
+if TYPE_CHECKING:
+    from pi_daemon.motion import Verdict
+
 log = logging.getLogger(__name__)
+
+
+class Gate(Protocol):
+    """The motion gate's interface, as the capture thread uses it (pi_daemon/motion.py)."""
+
+    def check_frame(self, frame: Frame) -> Verdict: ...
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A frame the motion gate judged unchanged: not classified, but still progress."""
+
+    frame_id: int
+    monotonic: float
 
 
 class LatestFrameSlot:
@@ -34,16 +54,18 @@ class LatestFrameSlot:
     def __init__(self) -> None:
         # _cond's lock protects _frame, _final and dropped.
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
+        self._frame: Frame | Skipped | None = None
         self._final: BaseException | None = None
         self.dropped = 0
 
-    def put(self, frame: Frame, wait_for_consumer: bool, stop: threading.Event) -> None:
+    def put(self, frame: Frame | Skipped, wait_for_consumer: bool, stop: threading.Event) -> None:
         with self._cond:
             if wait_for_consumer:
                 while self._frame is not None and self._final is None and not stop.is_set():
                     self._cond.wait(0.1)
-            elif self._frame is not None:
+            elif isinstance(frame, Skipped) and isinstance(self._frame, Frame):
+                return  # never let "nothing changed" displace a frame waiting to be classified
+            elif isinstance(self._frame, Frame):
                 self.dropped += 1
             self._frame = frame
             self._cond.notify_all()
@@ -54,7 +76,7 @@ class LatestFrameSlot:
             self._final = reason
             self._cond.notify_all()
 
-    def take(self, timeout: float, wake_producer: bool = True) -> Frame | None:
+    def take(self, timeout: float, wake_producer: bool = True) -> Frame | Skipped | None:
         """The newest frame, or None after `timeout`; raises the finishing reason.
 
         `wake_producer=False` leaves a waiting producer asleep until `wake_producer()`:
@@ -99,17 +121,19 @@ class FramePreparer:
     POOL_SIZE = 3  # one in the slot, one held by the loop, one being written
     POOL_LIMIT = 8
 
-    def __init__(self, width: int, height: int, crop: CropMode = "center") -> None:
+    def __init__(
+        self, width: int, height: int, crop: CropMode = "center", roi: Roi = FULL_FRAME
+    ) -> None:
         self.size = (width, height)
-        self._preprocess = Preprocessor(width, height, crop)
+        self._preprocess = Preprocessor(width, height, crop, roi)
         self._pool = [np.empty((height, width, 3), np.uint8) for _ in range(self.POOL_SIZE)]
 
     def __call__(self, frame: Frame) -> Frame:
-        if frame.fmt == "RGB" and frame.size == self.size:
-            return frame
+        if frame.fmt == "RGB" and frame.size == self.size and self._preprocess.roi == FULL_FRAME:
+            return replace(frame, prepared=True)  # already the model's picture: no copy
         buffer = self._free_buffer()
         self._preprocess(frame, buffer)
-        return Frame(buffer, "RGB", frame.frame_id, frame.wall_time, frame.monotonic)
+        return Frame(buffer, "RGB", frame.frame_id, frame.wall_time, frame.monotonic, True)
 
     def _free_buffer(self) -> np.ndarray:
         for buffer in self._pool:
@@ -150,8 +174,8 @@ class CaptureThread(threading.Thread):
         stop: threading.Event,
         retry: RetryPolicy,
         read_timeout_s: float = 5.0,
-        on_frame: Callable[[], None] | None = None,
         prepare: Callable[[Frame], Frame] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         super().__init__(name="capture", daemon=True)
         self.source = source
@@ -159,13 +183,15 @@ class CaptureThread(threading.Thread):
         self.stop = stop
         self.retry = retry
         self.read_timeout_s = read_timeout_s
-        self.on_frame = on_frame
-        # Swapped by the daemon when a reload changes the model's input geometry.
+        # Both swapped by the daemon when a reload changes the input geometry or the ROI.
         self.prepare = prepare
+        self.gate = gate
         self.failures = 0
         self.reconnects = 0
 
     def run(self) -> None:
+        # The source is opened and finally closed by its owner (app.py); this thread only
+        # cycles it (close, then open) to reconnect after a fault.
         try:
             self._loop()
         except SourceEnded as end:
@@ -173,8 +199,6 @@ class CaptureThread(threading.Thread):
             self.slot.finish(end)
         except BaseException as error:  # hand every other ending to the consumer
             self.slot.finish(error)
-        finally:
-            self.source.close()
 
     def _loop(self) -> None:
         wait_for_consumer = not self.source.live
@@ -182,8 +206,15 @@ class CaptureThread(threading.Thread):
             try:
                 frame = self.source.read(self.read_timeout_s)
                 check_frame(frame)
-                if self.prepare is not None:
-                    frame = self.prepare(frame)
+                # The gate looks at the source's own frame (picamera2's Y plane is free),
+                # and an unchanged frame is never prepared: the resize is saved too.
+                gate = self.gate
+                if gate is not None and not gate.check_frame(frame).classify:
+                    item: Frame | Skipped = Skipped(frame.frame_id, frame.monotonic)
+                elif self.prepare is not None:
+                    item = self.prepare(frame)
+                else:
+                    item = frame
             except (SourceError, FrameShapeError) as error:
                 self._fault(str(error))
                 continue
@@ -199,7 +230,7 @@ class CaptureThread(threading.Thread):
                     failures=0,
                 )
                 self.failures = 0
-            self.slot.put(frame, wait_for_consumer, self.stop)
+            self.slot.put(item, wait_for_consumer, self.stop)
 
     def _fault(self, reason: str) -> None:
         self.failures += 1

@@ -5,37 +5,26 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from pi_daemon.errors import ModelError
+from pi_daemon.frame import Frame
 from pi_daemon.model import Model
 from pi_daemon.postprocess import OutputKind, OutputSpec, TopK, looks_like_probabilities
-from pi_daemon.preprocess import CropMode, Frame, Preprocessor, input_lut
+from pi_daemon.prediction import Classification, Prediction
+from pi_daemon.preprocess import CropMode, Preprocessor, input_lut
+from pi_daemon.roi import FULL_FRAME, Roi
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    index: int
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class Classification:
-    top: list[Prediction]
-    preprocess_s: float
-    invoke_s: float
-    postprocess_s: float
 
 
 # Ops that pass values through unchanged in order: look behind them for the producer.
 _PASS_THROUGH_OPS = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "IDENTITY"}
 
 
-def _softmax_op_feeds_output(interpreter: object, output_index: int) -> bool | None:
+def _softmax_op_feeds_output(interpreter: Any, output_index: int) -> bool | None:
     """Ask the graph whether the output tensor comes from SOFTMAX (None: unknown).
 
     A uint8 model typically ends SOFTMAX → QUANTIZE (int8 → uint8), so requantize
@@ -43,7 +32,7 @@ def _softmax_op_feeds_output(interpreter: object, output_index: int) -> bool | N
     real ops but the interpreter still lists the originals.
     """
     try:
-        ops = interpreter._get_ops_details()  # type: ignore[attr-defined]
+        ops = interpreter._get_ops_details()  # no public way to walk the graph
     except Exception:
         return None
     producers = {
@@ -71,11 +60,13 @@ class Classifier:
     reads only what top-k needs.
     """
 
-    def __init__(self, model: Model, top_k: int = 3, crop: CropMode = "center") -> None:
+    def __init__(
+        self, model: Model, top_k: int = 3, crop: CropMode = "center", roi: Roi = FULL_FRAME
+    ) -> None:
         self.model = model
         self.interpreter = model.interpreter
         width, height = model.input_size
-        self.preprocess = Preprocessor(width, height, crop)
+        self.preprocess = Preprocessor(width, height, crop, roi)
         inp, out = model.input, model.output
         self._lut = input_lut(inp.dtype, inp.scale, inp.zero_point, model.input_range)
         self._rgb = np.empty((height, width, 3), np.uint8) if self._lut is not None else None
@@ -97,19 +88,27 @@ class Classifier:
             return "probabilities" if from_graph else "logits"
         # Last resort: run a mid-grey frame and look at the numbers.
         self._input_tensor()[...] = 0 if self._lut is None else self._lut[128]
-        self.interpreter.invoke()
+        self._invoke()
         out = self.model.output
         values = self._output_tensor().astype(np.float64).reshape(-1)
         if out.dtype.kind in "iu":
             values = (values - out.zero_point) * out.scale
         return "probabilities" if looks_like_probabilities(values) else "logits"
 
+    def _invoke(self) -> None:
+        """invoke(); a runtime error is the model's fault: a one-line ModelError (exit 78)."""
+        try:
+            self.interpreter.invoke()
+        except Exception as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            raise ModelError(f"{self.model.path}: invoke failed: {message}") from None
+
     def write_input(self, frame: Frame) -> None:
         """Preprocess `frame` straight into the interpreter's input tensor."""
         tensor = self._input_tensor()[0]
-        if frame.fmt == "RGB" and frame.pixels.shape == tensor.shape:
-            # Already model-sized RGB (the capture thread prepared it): a single copy or
-            # LUT pass straight into the tensor, without the crop/resize bookkeeping.
+        if frame.prepared and frame.pixels.shape == tensor.shape:
+            # The capture thread fitted it to this model: a single copy or LUT pass
+            # straight into the tensor, without the crop/resize bookkeeping.
             if self._lut is None:
                 np.copyto(tensor, frame.pixels)
             else:
@@ -121,6 +120,10 @@ class Classifier:
             assert self._rgb is not None
             self.preprocess(frame, self._rgb)
             np.take(self._lut, self._rgb, out=tensor)
+
+    def input_copy(self) -> np.ndarray:
+        """A copy of the input tensor as it is now, e.g. after `write_input()`."""
+        return np.array(self._input_tensor(), copy=True)
 
     def read_output(self) -> list[Prediction]:
         labels = self.model.labels
@@ -135,7 +138,7 @@ class Classifier:
         if before_invoke is not None:
             before_invoke()
         t1 = time.perf_counter()
-        self.interpreter.invoke()
+        self._invoke()
         t2 = time.perf_counter()
         top = self.read_output()
         t3 = time.perf_counter()

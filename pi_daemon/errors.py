@@ -21,6 +21,12 @@ class PiDaemonError(Exception):
     exit_code = EX_SOFTWARE
 
 
+class UsageError(PiDaemonError):
+    """A command-line argument is wrong (argparse's errors too)."""
+
+    exit_code = EX_USAGE
+
+
 class ConfigError(PiDaemonError):
     """The config file is missing, unparsable or invalid. Never restart on it."""
 

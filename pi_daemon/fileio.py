@@ -1,7 +1,8 @@
 """Reading the files an operator points us at, safely: regular files only, size-bounded.
 
-Every config, manifest, labels, password or sensor file the daemon reads goes through
-here, so one mechanism decides what a bad path does:
+Every config, model, manifest, labels, image, password or sensor file the daemon reads,
+and the events file it appends to, goes through here, so one mechanism decides what a bad
+path does:
 
 * a FIFO, socket or device (`/dev/zero`, a named pipe) is refused instead of blocking
   forever in `open()` or reading until memory runs out: the file is opened with
@@ -64,6 +65,28 @@ def open_regular(path: str | Path, flags: int = os.O_RDONLY, mode: int = 0o644) 
         os.close(fd)
         raise
     return fd
+
+
+def check_regular(path: str | Path) -> int:
+    """The size of `path` if it is a regular file, else FileProblem (for files that a
+    library opens by name, such as a video handed to OpenCV: a FIFO would block it)."""
+    fd = open_regular(path)
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def open_append(path: str | Path, mode: int = 0o644) -> int:
+    """A write-only O_APPEND descriptor for `path`, created if missing; regular files only."""
+    return open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
+
+
+def describe(error: OSError) -> str:
+    """A short reason for any OSError: FileProblem's own phrase, else strerror."""
+    if isinstance(error, FileProblem):
+        return error.reason
+    return error.strerror or str(error)
 
 
 def _kind(mode: int) -> str:

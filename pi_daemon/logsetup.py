@@ -2,30 +2,38 @@
 
 Where logs go (`choose_target`), first match wins:
 
-1. `PI_DAEMON_LOG_TARGET=journal|stderr` forces a target (for tests and odd setups).
+1. `PI_DAEMON_LOG_TARGET=journal|stderr` forces a target (for tests and odd setups); any
+   other value is ignored with a warning.
 2. `JOURNAL_STREAM` names the device:inode of our stderr: systemd connected stderr to the
    journal, so we are a service and talk to journald natively instead.
 3. `INVOCATION_ID` is set (systemd sets it for every service process) and the journal socket
    exists: a service whose stderr was sent elsewhere (StandardError=null/file).
 4. Otherwise stderr: a person at a shell wants to read the lines, even on a systemd host.
 
-The journal handler is systemd-python's `JournalHandler`, imported lazily; without it we fall
-back to stderr with one warning. Every handler runs on a `QueueListener` thread, so a slow
+The journal handler is systemd-python's `JournalHandler`, imported lazily; without it, or
+without a journald listening on its socket (libsystemd then drops every line and reports
+success), we fall back to stderr with one warning. A line logged while the socket is gone
+later is written to stderr too. Every handler runs on a `QueueListener` thread, so a slow
 SD card or a stalled journald never blocks the inference loop (and with it the watchdog).
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import queue
+import socket
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 from typing import Any, TextIO
 
+from pi_daemon.environment import decimal, shown
 from pi_daemon.events import FIELDS
 
 STDERR_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
@@ -41,6 +49,33 @@ QUEUE_CAPACITY = 10_000
 _FIELD_NAMES = frozenset(FIELDS)
 
 
+def forced_target(env: Mapping[str, str]) -> tuple[str | None, str]:
+    """(target forced by PI_DAEMON_LOG_TARGET or None, a warning if its value is odd)."""
+    raw = env.get(TARGET_ENV, "")
+    forced = raw.strip().lower()
+    if forced in ("journal", "stderr"):
+        return forced, ""
+    if forced:
+        return None, f"{TARGET_ENV}={shown(raw)} is neither journal nor stderr; ignored"
+    return None, ""
+
+
+def journal_available(journal_socket: Path = JOURNAL_SOCKET) -> str:
+    """'' when journald listens on its socket, else why not.
+
+    Checked because libsystemd reports success when the socket is missing ("fail silently
+    if the journal is not available", journal-send.c): every line would vanish.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(os.fsencode(journal_socket))
+    except OSError as error:
+        return f"{journal_socket}: {error.strerror or error}"
+    finally:
+        probe.close()
+    return ""
+
+
 def choose_target(
     env: Mapping[str, str] | None = None,
     stderr: TextIO | None = None,
@@ -48,8 +83,8 @@ def choose_target(
 ) -> str:
     """'journal' or 'stderr', by the rules in the module docstring."""
     env = os.environ if env is None else env
-    forced = env.get(TARGET_ENV, "").strip().lower()
-    if forced in ("journal", "stderr"):
+    forced, _ = forced_target(env)
+    if forced is not None:
         return forced
     if _stderr_is_journal_stream(env.get("JOURNAL_STREAM", ""), stderr or sys.stderr):
         return "journal"
@@ -61,14 +96,15 @@ def choose_target(
 def _stderr_is_journal_stream(value: str, stderr: TextIO) -> bool:
     # A child that inherited JOURNAL_STREAM but has stderr redirected must not count
     # (systemd.exec(5) says to compare device and inode).
-    device, _, inode = value.partition(":")
-    if not (device.isdigit() and inode.isdigit()):
+    text_device, _, text_inode = value.partition(":")
+    device, inode = decimal(text_device), decimal(text_inode)
+    if device is None or inode is None:
         return False
     try:
         stat = os.fstat(stderr.fileno())
     except (OSError, ValueError, AttributeError):
         return False
-    return stat.st_dev == int(device) and stat.st_ino == int(inode)
+    return stat.st_dev == device and stat.st_ino == inode
 
 
 class _DroppingQueueHandler(QueueHandler):
@@ -91,25 +127,32 @@ class _Listener(QueueListener):
         thread = self._thread
         if thread is None:
             return True
-        try:
-            self.queue.put(self._sentinel, timeout=timeout)
-        except queue.Full:
-            return False
-        thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.enqueue_sentinel()  # put_nowait: the queue may be full of records
+                break
+            except queue.Full:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+        thread.join(max(0.0, deadline - time.monotonic()))
         self._thread = None
         return not thread.is_alive()
 
 
 def make_journal_handler(
-    sender: Callable[..., Any] | None = None, fallback: TextIO | None = None
+    sender: Callable[..., Any] | None = None,
+    fallback: TextIO | None = None,
+    journal_socket: Path = JOURNAL_SOCKET,
 ) -> logging.Handler | None:
     """A JournalHandler that sends only our documented fields; None without systemd-python."""
     try:
-        from systemd import journal
+        journal: Any = importlib.import_module("systemd.journal")  # no type information
     except ImportError:
         return None
 
-    class FieldJournalHandler(journal.JournalHandler):  # type: ignore[misc]
+    class FieldJournalHandler(journal.JournalHandler):
         """JournalHandler.emit() sends every LogRecord attribute (record.__dict__) as a field;
         this one sends MESSAGE, the standard code/thread fields and our FIELDS only."""
 
@@ -124,6 +167,10 @@ def make_journal_handler(
         def emit(self, record: logging.LogRecord) -> None:
             message = self.format(record)
             fields = {k: v for k, v in record.__dict__.items() if k in _FIELD_NAMES}
+            if sender is None and not journal_socket.exists():
+                # libsystemd drops the line and reports success when journald is gone.
+                self._fall_back(record, message, f"{journal_socket} is gone")
+                return
             try:
                 self.send(
                     message,
@@ -136,13 +183,19 @@ def make_journal_handler(
                     **self._extra,
                     **fields,
                 )
-            except OSError as error:
+            except (OSError, UnicodeError) as error:
                 # journald gone (shutdown, restart): keep the line, say why once.
+                self._fall_back(record, message, str(error))
+
+        def _fall_back(self, record: logging.LogRecord, message: str, why: str) -> None:
+            try:
                 if not self._failed:
                     self._failed = True
-                    self._fallback.write(f"pi-daemon: journal send failed: {error}\n")
+                    self._fallback.write(f"pi-daemon: journal send failed: {why}\n")
                 self._fallback.write(f"{record.levelname} {message}\n")
                 self._fallback.flush()
+            except (OSError, ValueError):
+                pass  # stderr is gone too: nowhere left to write
 
     return FieldJournalHandler()
 
@@ -157,22 +210,30 @@ class _Stream:
 
 
 def setup_logging(
-    level: str = "info", target: str | None = None, stderr: TextIO | None = None
+    level: str = "info",
+    target: str | None = None,
+    stderr: TextIO | None = None,
+    journal_socket: Path = JOURNAL_SOCKET,
 ) -> str:
     """Route all loggers to the journal or stderr through a queue; return the target used."""
     shutdown_logging()
     stream = stderr or sys.stderr
-    chosen = target or choose_target(stderr=stream)
+    _, odd_value = forced_target(os.environ)
+    warnings = [odd_value] if odd_value and target is None else []
+    chosen = target or choose_target(stderr=stream, journal_socket=journal_socket)
     handler: logging.Handler | None = None
-    warning = ""
     if chosen == "journal":
-        handler = make_journal_handler(fallback=stream)
+        handler = make_journal_handler(None, stream, journal_socket)
+        missing = journal_available(journal_socket) if handler is not None else ""
         if handler is None:
             chosen = "stderr"
-            warning = (
+            warnings.append(
                 "systemd-python is not installed: logging to stderr without journal fields "
                 "(pip install 'pi-daemon[journald]', or apt install python3-systemd)"
             )
+        elif missing:
+            chosen, handler = "stderr", None
+            warnings.append(f"journald is not running here ({missing}): logging to stderr")
         else:
             handler.setFormatter(logging.Formatter("%(message)s"))
     if handler is None:
@@ -190,7 +251,7 @@ def setup_logging(
     listener.start()
     _Stream.listener, _Stream.queue_handler = listener, queue_handler
     _Stream.handlers, _Stream.target = [handler], chosen
-    if warning:
+    for warning in warnings:
         logging.getLogger(__name__).warning("%s", warning)
     return chosen
 
@@ -213,16 +274,36 @@ def shutdown_logging(timeout: float = 2.0) -> None:
     root = logging.getLogger()
     root.removeHandler(queue_handler)
     drained = listener.stop_within(timeout)
+    dropped = queue_handler.dropped
+    if not drained:
+        # The abandoned thread is stuck inside the handler, holding its lock: logging
+        # through it now would block this thread too (and the exit with it). Late records
+        # go nowhere (a NullHandler keeps logging's lastResort off a stderr that may be
+        # the wedged stream), and the reason goes out on a thread that may block instead.
+        root.addHandler(logging.NullHandler())
+        _write_without_waiting(
+            f"pi-daemon: log handler did not drain within {timeout:.1f} s; some lines "
+            f"are lost ({dropped} dropped while the log queue was full)\n"
+        )
+        return
     for handler in _Stream.handlers:
         # Late messages (atexit, the CLI's last words) still get out, just synchronously.
         root.addHandler(handler)
-    log = logging.getLogger(__name__)
-    if not drained:
-        log.warning("log handler did not drain within %.1f s; some lines may be lost", timeout)
-    if queue_handler.dropped:
-        log.warning(
-            "%d log records were dropped while the log queue was full", queue_handler.dropped
+    if dropped:
+        logging.getLogger(__name__).warning(
+            "%d log records were dropped while the log queue was full", dropped
         )
+
+
+def _write_without_waiting(text: str) -> None:
+    def write() -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    threading.Thread(target=write, name="log-notice", daemon=True).start()
 
 
 atexit.register(shutdown_logging)

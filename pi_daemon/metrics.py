@@ -1,6 +1,7 @@
 """The optional Prometheus endpoint: what a fleet operator scrapes from every Pi.
 
-Off by default; `[metrics] enabled = true` serves the text format on 127.0.0.1:9110 through
+Off by default; `[metrics] enabled = true` serves the text format on 127.0.0.1:9110 (the
+HTTP listener is pi_daemon/endpoint.py, which also answers /healthz), with the metrics from
 the official `prometheus-client` (imported lazily: the `metrics` extra). Everything lives
 on a private CollectorRegistry, so nothing else in the process leaks into the scrape.
 
@@ -9,24 +10,27 @@ Nothing here costs the inference loop anything measurable:
 * per-result metrics (latency histogram, top-1 label counts, fps) are updated by
   `MetricsSink` on the sink dispatcher's thread, never the loop's;
 * everything the daemon already counts or reads (frames, drops, throttle state,
-  temperature, swap, RSS, the model) is read from the daemon by a collector at scrape
-  time, so it costs nothing between scrapes and is always the daemon's own figure.
+  temperature, swap, RSS, the model, MQTT delivery) is read from one `DaemonStatus`
+  snapshot by a collector at scrape time, so it costs nothing between scrapes and is
+  always the daemon's own figure.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pi_daemon.errors import ConfigError
+from pi_daemon.events import EventRecord
+from pi_daemon.readings import Readings
 from pi_daemon.results import Result, Summary
 from pi_daemon.sinks.base import Sink
+from pi_daemon.throttle import STATES
 
 if TYPE_CHECKING:
-    from pi_daemon.config import MetricsSection
-    from pi_daemon.daemon import Daemon
+    from pi_daemon.mqtt.status import DeliveryStatus
+    from pi_daemon.status import DaemonStatus
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,6 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
 )
-THROTTLE_STATES = ("normal", "warm", "hot", "critical")
 # How often the fps gauge is recomputed from the results seen since the last update.
 FPS_WINDOW_S = 2.0
 
@@ -79,7 +82,15 @@ class MetricsSink(Sink):
         self._window_start: float | None = None
         self._window_frames = 0
 
-    def on_result(self, result: Result) -> None:
+    def on_event(self, record: EventRecord) -> None:
+        body = record.body
+        if isinstance(body, Result):
+            self._result(body)
+        elif isinstance(body, Summary) and body.frames == 0:
+            # A stalled, paused or gated loop sends no results: the summary brings fps down.
+            self._fps.set(0.0)
+
+    def _result(self, result: Result) -> None:
         self._latency.observe(result.times.invoke)
         self._labels.labels(label=result.top[0].label).inc()
         if self._window_start is None:
@@ -91,18 +102,12 @@ class MetricsSink(Sink):
             self._fps.set(self._window_frames / elapsed)
             self._window_start, self._window_frames = result.monotonic, 0
 
-    def on_summary(self, summary: Summary) -> None:
-        # A stalled or paused loop sends no results: let the summary bring fps down.
-        if summary.frames == 0:
-            self._fps.set(0.0)
 
+class StatusCollector:
+    """Reads one DaemonStatus snapshot when Prometheus scrapes."""
 
-class DaemonCollector:
-    """Reads the daemon's own counters and latest readings when Prometheus scrapes."""
-
-    def __init__(self, daemon: Daemon, started: float) -> None:
-        self.daemon = daemon
-        self.started = started
+    def __init__(self, status: Callable[[], DaemonStatus]) -> None:
+        self.status = status
 
     def describe(self) -> list[Any]:
         return []  # generated at scrape time; no registration-time collect()
@@ -115,57 +120,61 @@ class DaemonCollector:
             StateSetMetricFamily,
         )
 
-        daemon = self.daemon
-        counters = daemon.counters
-        yield CounterMetricFamily(
-            f"{PREFIX}_frames_processed",
-            "Frames classified since the daemon started.",
-            value=counters.frames,
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_frames_dropped",
-            "Frames the camera produced that the loop never took (newest frame wins).",
-            value=daemon.slot.dropped,
-        )
-        yield CounterMetricFamily(
-            f"{PREFIX}_sink_events_dropped",
-            "Results and summaries dropped because sinks fell behind.",
-            value=daemon.dispatcher.dropped_events,
-        )
+        status = self.status()
+        for name, doc, value in (
+            ("frames_processed", "Frames classified since the daemon started.", status.frames),
+            (
+                "frames_skipped",
+                "Frames not classified because the scene had not changed (motion gate).",
+                status.skipped_frames,
+            ),
+            (
+                "frames_dropped",
+                "Frames the camera produced that the loop never took (newest frame wins).",
+                status.dropped_frames,
+            ),
+            (
+                "sink_events_dropped",
+                "Events dropped because sinks fell behind.",
+                status.sink_events_dropped,
+            ),
+        ):
+            yield CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         yield GaugeMetricFamily(
             f"{PREFIX}_uptime_seconds",
             "Seconds since the daemon started.",
-            value=time.monotonic() - self.started,
+            value=status.monotonic - status.started_monotonic,
         )
-        model = daemon.classifier.model
+        model = status.model
         yield InfoMetricFamily(
             f"{PREFIX}_model",
             "The model being run.",
             value={
                 "name": model.name,
                 "sha256": model.sha256,
-                "backend": model.loaded.backend,
-                "backend_version": model.loaded.version,
+                "backend": model.backend,
+                "backend_version": model.backend_version,
             },
         )
-        decision = counters.last_decision
-        state = decision.state if decision.state in THROTTLE_STATES else "normal"
+        state = status.throttle_state if status.throttle_state in STATES else "normal"
         yield StateSetMetricFamily(
             f"{PREFIX}_throttle_state",
             "Thermal/memory throttle state: normal, warm, hot or critical.",
-            value={name: name == state for name in THROTTLE_STATES},
+            value={name: name == state for name in STATES},
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_paused",
-            "1 while the governor pauses inference.",
-            value=float(decision.pause),
+            "1 while inference is paused (by the throttle, or by an MQTT command).",
+            value=float(status.paused),
         )
-        yield from self._readings(decision.readings, GaugeMetricFamily)
+        yield from self._readings(status.readings, GaugeMetricFamily)
+        if status.delivery is not None:
+            yield from self._delivery(status.delivery, CounterMetricFamily, GaugeMetricFamily)
 
-    def _readings(self, readings: dict[str, Any], gauge: Any) -> Iterator[Any]:
+    @staticmethod
+    def _readings(readings: Readings, gauge: Any) -> Iterator[Any]:
         """Sensor gauges; a sensor that is unavailable has a family with no sample."""
-        rss = readings.get("rss_bytes")
-        swap = readings.get("swap_used_bytes")
+        rss, swap = readings.rss_bytes, readings.swap_used_bytes
         if rss is None or swap is None:
             # No governor readings (throttling off): ask the OS ourselves, at scrape time.
             import psutil
@@ -173,20 +182,16 @@ class DaemonCollector:
             rss = rss if rss is not None else psutil.Process().memory_info().rss
             swap = swap if swap is not None else psutil.swap_memory().used
         specs = (
-            ("soc_temperature_celsius", "SoC temperature.", readings.get("cpu_temp_c")),
+            ("soc_temperature_celsius", "SoC temperature.", readings.cpu_temp_c),
             ("swap_used_bytes", "Swap in use, system-wide.", swap),
-            ("swap_in_pages_per_second", "Pages swapped in.", readings.get("swap_in_per_s")),
-            (
-                "memory_available_bytes",
-                "MemAvailable, system-wide.",
-                readings.get("mem_available_bytes"),
-            ),
+            ("swap_in_pages_per_second", "Pages swapped in.", readings.swap_in_per_s),
+            ("memory_available_bytes", "MemAvailable, system-wide.", readings.mem_available_bytes),
             ("resident_memory_bytes", "The daemon's resident set size.", rss),
-            ("undervoltage", "1 while the supply is under-voltage.", readings.get("undervoltage")),
+            ("undervoltage", "1 while the supply is under-voltage.", readings.undervoltage),
             (
                 "throttled_flags",
                 "vcgencmd get_throttled bits (0 under-voltage, 1 capped, 2 throttled, ...).",
-                readings.get("throttled_flags"),
+                readings.throttled_flags,
             ),
         )
         for name, doc, value in specs:
@@ -195,13 +200,56 @@ class DaemonCollector:
                 family.add_metric([], float(value))
             yield family
 
+    @staticmethod
+    def _delivery(delivery: DeliveryStatus, counter: Any, gauge: Any) -> Iterator[Any]:
+        """MQTT delivery: connection, traffic, the outbox and what it had to drop."""
+        yield gauge(
+            f"{PREFIX}_mqtt_connected",
+            "1 while connected to the MQTT broker.",
+            value=float(delivery.connected),
+        )
+        yield counter(
+            f"{PREFIX}_mqtt_published",
+            "Events handed to the MQTT broker (a replay after an outage counts again).",
+            value=delivery.published,
+        )
+        yield counter(
+            f"{PREFIX}_mqtt_acknowledged",
+            "Events the broker acknowledged (PUBACK), after which they leave the outbox.",
+            value=delivery.acknowledged,
+        )
+        yield gauge(
+            f"{PREFIX}_mqtt_outbox_events",
+            "Events in the outbox, not yet acknowledged by the broker.",
+            value=delivery.outbox_depth,
+        )
+        yield gauge(
+            f"{PREFIX}_mqtt_outbox_bytes",
+            "Bytes of events in the outbox.",
+            value=delivery.outbox_bytes,
+        )
+        yield gauge(
+            f"{PREFIX}_mqtt_outbox_capacity_bytes",
+            "The outbox's byte budget (mqtt.outbox_max_bytes).",
+            value=delivery.outbox_capacity,
+        )
+        dropped = counter(
+            f"{PREFIX}_mqtt_outbox_dropped",
+            "Events dropped from the outbox, by reason (full: oldest first; oversized).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(delivery.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
+
 
 class Metrics:
-    """The private registry, the metric objects, and (optionally) the HTTP server."""
+    """The private registry and the metric objects; `exposition()` renders a scrape."""
 
     def __init__(self) -> None:
         prometheus = _import_prometheus()
-        self.started = time.monotonic()
+        self._generate = prometheus.generate_latest
+        self.content_type = prometheus.CONTENT_TYPE_LATEST
         self.registry = prometheus.CollectorRegistry(auto_describe=True)
         self.latency = prometheus.Histogram(
             f"{PREFIX}_inference_latency_seconds",
@@ -221,51 +269,14 @@ class Metrics:
             registry=self.registry,
         )
         self.sink = MetricsSink(self.latency, self.labels, self.fps)
-        self._server: Any = None
-        self._thread: Any = None
-        self.address: tuple[str, int] | None = None
+        self._watching = False
 
-    @classmethod
-    def without_server(cls) -> Metrics:
-        """Metrics that are computed but not served (used by `pi-daemon bench`)."""
-        return cls()
+    def watch(self, status: Callable[[], DaemonStatus]) -> None:
+        """Expose the daemon's snapshot (read at scrape time). Call it once."""
+        if not self._watching:
+            self.registry.register(StatusCollector(status))
+            self._watching = True
 
-    def watch(self, daemon: Daemon) -> None:
-        """Expose the daemon's counters and readings (read at scrape time)."""
-        self.registry.register(DaemonCollector(daemon, self.started))
-
-    def serve(self, address: str, port: int) -> tuple[str, int]:
-        """Start the HTTP endpoint; a bind failure is a config problem (exit 78)."""
-        prometheus = _import_prometheus()
-        try:
-            started = prometheus.start_http_server(port, addr=address, registry=self.registry)
-        except OSError as error:
-            reason = error.strerror or str(error)
-            raise ConfigError(
-                f"metrics: cannot listen on {address}:{port}: {reason} "
-                "(change [metrics] port or address)"
-            ) from None
-        if isinstance(started, tuple):  # prometheus-client >= 0.17 returns (server, thread)
-            self._server, self._thread = started
-            host, bound_port = self._server.server_address[:2]
-            self.address = (str(host), int(bound_port))
-        else:
-            self.address = (address, port)
-        log.info("metrics: serving Prometheus text on http://%s:%d/metrics", *self.address)
-        return self.address
-
-    def close(self) -> None:
-        """Stop serving; safe to call twice."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-
-def start_metrics(section: MetricsSection) -> Metrics | None:
-    """Metrics serving per config, or None when `[metrics]` is off."""
-    if not section.enabled:
-        return None
-    metrics = Metrics()
-    metrics.serve(section.address, section.port)
-    return metrics
+    def exposition(self) -> tuple[bytes, str]:
+        """The Prometheus text format of everything registered, for /metrics."""
+        return self._generate(self.registry), self.content_type

@@ -1,33 +1,49 @@
 """Loading and checking a model: file, manifest, labels, interpreter, tensor shapes.
 
 Every way a model can be unusable ends here as a one-line `ModelError` naming the
-file and the problem, before the daemon touches the camera.
+file and the problem, before the daemon touches the camera. That includes models that
+crash the runtime itself: unless its manifest vouches for the exact bytes (their sha256),
+a model is first proven loadable in a throwaway child process (pi_daemon/trial.py), and
+every model is run once on a zero input before it is handed out.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+import pi_daemon.models as models_package
+from pi_daemon import fileio
 from pi_daemon.backends import LoadedInterpreter, load_interpreter
 from pi_daemon.errors import ModelError
+from pi_daemon.manifest import Manifest, manifest_path_for, read_manifest
+from pi_daemon.trial import prove_loadable, run_once
 
 log = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAME = "efficientnet-lite0-int8.tflite"
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier at bytes 4..8
+# The unit's MemoryMax: no model larger than this can run under it.
+MAX_MODEL_BYTES = 256 * fileio.MIB
+# 21k ImageNet-21k class names are ~300 KiB.
+MAX_LABELS_BYTES = 4 * fileio.MIB
+
+# When a model is proven in a child process before it is used: "always" (a reload, which
+# must never take the running service down), or "unvouched" (unless its manifest's sha256
+# matches the file: start-up and classify).
+ProveMode = Literal["always", "unvouched"]
 
 
 def bundled_model_path() -> Path:
     """The default model shipped inside the package (works from a wheel too)."""
-    return Path(str(resources.files("pi_daemon.models").joinpath(BUNDLED_MODEL_NAME)))
+    # Package data sits beside the package's modules (wheels install unzipped); this also
+    # spares importlib.resources' zipfile machinery at every start.
+    return Path(models_package.__file__).parent / BUNDLED_MODEL_NAME
 
 
 @dataclass(frozen=True)
@@ -50,7 +66,7 @@ class Model:
     loaded: LoadedInterpreter
     input: TensorInfo
     output: TensorInfo
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest = field(default_factory=Manifest)
 
     @property
     def interpreter(self) -> Any:
@@ -63,39 +79,25 @@ class Model:
 
     @property
     def input_range(self) -> tuple[float, float]:
-        low, high = self.manifest.get("input", {}).get("range", (0.0, 255.0))
+        low, high = self.manifest.input.range
         return float(low), float(high)
 
     @property
     def declared_activation(self) -> str | None:
-        return self.manifest.get("output", {}).get("activation")
+        return self.manifest.output.activation
 
 
 def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_manifest(model_path: Path) -> dict[str, Any]:
-    """The `<stem>.json` manifest beside a model, or {} when there is none."""
-    manifest_path = model_path.with_suffix(".json")
-    if not manifest_path.is_file():
-        return {}
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{manifest_path}: unreadable model manifest: {error}") from None
-    if not isinstance(manifest, dict):
-        raise ModelError(f"{manifest_path}: model manifest is not a JSON object")
-    return manifest
-
-
 def read_labels(labels_path: Path) -> list[str]:
     try:
-        text = labels_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelError(f"{labels_path}: labels file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ModelError(f"{labels_path}: cannot read labels: {error}") from None
+        text = fileio.read_text(labels_path, MAX_LABELS_BYTES)
+    except fileio.FileProblem as error:
+        if error.missing:
+            raise ModelError(f"{labels_path}: labels file not found") from None
+        raise ModelError(f"{labels_path}: cannot read labels: {error.reason}") from None
     labels = [line.strip() for line in text.splitlines()]
     while labels and not labels[-1]:
         labels.pop()
@@ -104,11 +106,11 @@ def read_labels(labels_path: Path) -> list[str]:
     return labels
 
 
-def _labels_path_for(model_path: Path, manifest: dict[str, Any], configured: str) -> Path:
+def _labels_path_for(model_path: Path, manifest: Manifest, configured: str) -> Path:
     if configured:
         return Path(configured)
-    if manifest.get("labels_file"):
-        return model_path.parent / manifest["labels_file"]
+    if manifest.labels_file:
+        return manifest_path_for(model_path).parent / manifest.labels_file
     sibling = model_path.with_suffix(".labels.txt")
     if sibling.exists():
         return sibling
@@ -160,50 +162,66 @@ def load_model(
     expected_sha256: str = "",
     backend: str = "auto",
     num_threads: int = 2,
+    prove: ProveMode = "unvouched",
 ) -> Model:
-    """Load and check a model. Empty `path` means the bundled default model."""
+    """Load and check a model. Empty `path` means the bundled default model.
+
+    `prove` says when the model is first loaded and run in a child process (ProveMode), so
+    that a model which crashes the runtime is a ModelError instead of a dead process.
+    """
     model_path = Path(path) if path else bundled_model_path()
     try:
-        data = model_path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"{model_path}: model file not found") from None
-    except OSError as error:
-        raise ModelError(f"{model_path}: cannot read model: {error.strerror}") from None
+        data = fileio.read_bytes(model_path, MAX_MODEL_BYTES)
+    except fileio.FileProblem as error:
+        if error.missing:
+            raise ModelError(f"{model_path}: model file not found") from None
+        raise ModelError(f"{model_path}: cannot read model: {error.reason}") from None
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         raise ModelError(f"{model_path}: not a TFLite model (no TFL3 flatbuffer identifier)")
 
     digest = sha256_of(data)
+    del data
     manifest = read_manifest(model_path)
     for origin, wanted in (
         ("config model.sha256", expected_sha256),
-        ("manifest", manifest.get("sha256", "")),
+        ("manifest", manifest.sha256 if manifest else ""),
     ):
         if wanted and wanted != digest:
             raise ModelError(
                 f"{model_path}: sha256 {digest[:12]}… does not match the {origin} "
                 f"({wanted[:12]}…): the file is corrupt or not the expected model"
             )
+    manifest = manifest or Manifest()
     label_list = read_labels(_labels_path_for(model_path, manifest, labels))
 
+    # The manifest's sha256 was checked above: when it is there, it vouches for these bytes.
+    if prove == "always" or not manifest.sha256:
+        prove_loadable(model_path, backend, num_threads)
     loaded = load_interpreter(model_path, backend, num_threads)
     interpreter = loaded.interpreter
-    inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+    try:
+        inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
+        if len(inputs) == 1 and len(outputs) == 1:
+            inp, out = _tensor_info(inputs[0]), _tensor_info(outputs[0])
+    except Exception as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        raise ModelError(f"{model_path}: cannot read its tensors: {message}") from None
     if len(inputs) != 1 or len(outputs) != 1:
         raise ModelError(
             f"{model_path}: expected one input and one output tensor, "
             f"found {len(inputs)} and {len(outputs)}"
         )
-    inp, out = _tensor_info(inputs[0]), _tensor_info(outputs[0])
     _check_tensors(model_path, inp, out, len(label_list))
-    if manifest.get("input", {}).get("shape") not in (None, list(inp.shape)):
+    if manifest.input.shape not in (None, list(inp.shape)):
         raise ModelError(
             f"{model_path}: input shape {list(inp.shape)} differs from the manifest's "
-            f"{manifest['input']['shape']}"
+            f"{manifest.input.shape}"
         )
+    run_once(interpreter, model_path)
     return Model(
         path=model_path,
         sha256=digest,
-        name=str(manifest.get("name") or model_path.stem),
+        name=manifest.name or model_path.stem,
         labels=label_list,
         loaded=loaded,
         input=inp,

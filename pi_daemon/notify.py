@@ -18,6 +18,8 @@ import threading
 import time
 from collections.abc import Mapping
 
+from pi_daemon.environment import decimal, shown
+
 log = logging.getLogger(__name__)
 
 # STATUS is shown by `systemctl status` on one line; keep it readable there.
@@ -29,15 +31,18 @@ def monotonic_usec() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
 
 
-def socket_address(value: str) -> str | bytes | None:
+def socket_address(value: str) -> bytes | None:
     """The sendto() address for a NOTIFY_SOCKET value, or None if unusable.
 
-    '@name' is a Linux abstract-namespace socket: a leading NUL byte instead of '@'.
+    '@name' is a Linux abstract-namespace socket: a leading NUL byte instead of '@'. The
+    address is the variable's own bytes (os.fsencode undoes the surrogates os.environ uses
+    for bytes that are not UTF-8), so any name the kernel accepts works.
     """
-    if value.startswith("@"):
-        return b"\0" + value[1:].encode()
-    if value.startswith("/"):
-        return value
+    raw = os.fsencode(value)
+    if raw.startswith(b"@"):
+        return b"\0" + raw[1:]
+    if raw.startswith(b"/"):
+        return raw
     return None  # e.g. systemd ≥ 254's "vsock:..." addresses: not for a Pi service
 
 
@@ -47,13 +52,13 @@ def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
     WATCHDOG_PID names the process the watchdog is meant for; a child that inherited the
     environment must not ping on its parent's behalf (sd_watchdog_enabled(3)).
     """
-    usec = env.get("WATCHDOG_USEC", "")
-    if not usec.isdigit() or int(usec) == 0:
+    usec = decimal(env.get("WATCHDOG_USEC"))
+    if not usec:
         return None
     pid = env.get("WATCHDOG_PID", "")
-    if pid and (not pid.isdigit() or int(pid) != os.getpid()):
+    if pid and decimal(pid) != os.getpid():
         return None
-    return int(usec) / 1e6
+    return usec / 1e6
 
 
 class SystemdNotifier:
@@ -68,8 +73,14 @@ class SystemdNotifier:
         raw = env.get("NOTIFY_SOCKET", "")
         self.address = socket_address(raw) if raw else None
         if raw and self.address is None:
-            log.warning("NOTIFY_SOCKET=%s is not a supported address; not notifying", raw)
+            log.warning("NOTIFY_SOCKET=%s is not a supported address; not notifying", shown(raw))
         self.watchdog_s = watchdog_interval_s(env) if self.address is not None else None
+        usec = env.get("WATCHDOG_USEC", "")
+        if self.address is not None and usec and decimal(usec) is None:
+            log.warning(
+                "WATCHDOG_USEC=%s is not a number of microseconds; sending no watchdog pings",
+                shown(usec),
+            )
         # Half the timeout, as sd_watchdog_enabled(3) advises: one late ping is survivable.
         self.ping_every_s = self.watchdog_s / 2 if self.watchdog_s else None
         self._last_ping: float | None = None
@@ -88,7 +99,8 @@ class SystemdNotifier:
         """Send one notification; True if it went out (False also when disabled)."""
         if self.address is None:
             return False
-        payload = "\n".join(f"{key}={value}" for key, value in fields.items()).encode()
+        text = "\n".join(f"{key}={value}" for key, value in fields.items())
+        payload = text.encode("utf-8", "backslashreplace")
         with self._lock:
             try:
                 if self._sock is None:
@@ -101,8 +113,8 @@ class SystemdNotifier:
                 if not self._failed:
                     self._failed = True
                     log.warning(
-                        "sd_notify to %r failed: %s (further failures not logged)",
-                        self.address,
+                        "sd_notify to %s failed: %s (further failures not logged)",
+                        shown(os.fsdecode(self.address)),
                         error,
                     )
                 return False

@@ -1,64 +1,30 @@
 """Frame → model input: crop, resize and colour-convert straight into a buffer.
 
-Pure logic on numpy and OpenCV; no interpreter or camera here. The work is done at
-the model's small input size wherever possible: colour conversion happens after
-the resize, so a 1080p BGR frame costs one area resize and one 224² conversion.
+Pure logic on numpy; no interpreter or camera here. The work is done at the model's
+small input size wherever possible: colour conversion happens after the resize, so a
+1080p BGR frame costs one area resize and one 224² conversion.
+
+OpenCV is imported only by the two operations that need it per frame: resizing a frame
+that is not already at the model's geometry (video files, USB cameras, streams: those
+sources use OpenCV to capture anyway) and converting picamera2's YUV420 to RGB. Still
+images never need it: `prescale()` brings them to the model's geometry once, with
+Pillow, when they are loaded, and from then on a frame is only cropped or copied. That
+keeps OpenCV (about 17 MiB of resident memory) out of the demo and `classify` paths.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import Any, Literal
 
-import cv2
 import numpy as np
 
-PixelFormat = Literal["RGB", "BGR", "YUV420"]
+from pi_daemon.frame import Frame, check_frame
+from pi_daemon.roi import FULL_FRAME, Roi, roi_box
+
 CropMode = Literal["center", "letterbox", "stretch"]
 
 LETTERBOX_FILL = 0  # black bars; ImageNet models treat them as background
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One captured frame as the source produced it.
-
-    `pixels` is HxWx3 for RGB/BGR, or the planar I420 layout ((H*3/2) x W) for
-    YUV420 as picamera2 returns for a lores stream.
-    """
-
-    pixels: np.ndarray
-    fmt: PixelFormat
-    frame_id: int
-    wall_time: float
-    monotonic: float
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height) of the picture, whatever the layout."""
-        if self.fmt == "YUV420":
-            return self.pixels.shape[1], self.pixels.shape[0] * 2 // 3
-        return self.pixels.shape[1], self.pixels.shape[0]
-
-
-class FrameShapeError(ValueError):
-    """A frame whose array does not match its declared pixel format."""
-
-
-def check_frame(frame: Frame) -> None:
-    """Reject frames a broken source might hand over (wrong rank, dtype, channels)."""
-    pixels = frame.pixels
-    if pixels.dtype != np.uint8:
-        raise FrameShapeError(f"frame {frame.frame_id}: dtype {pixels.dtype}, expected uint8")
-    if frame.fmt == "YUV420":
-        if pixels.ndim != 2 or pixels.shape[0] % 3 or pixels.shape[0] < 3 or pixels.shape[1] < 2:
-            raise FrameShapeError(
-                f"frame {frame.frame_id}: shape {pixels.shape} is not planar YUV420"
-            )
-    elif pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) < 1:
-        raise FrameShapeError(
-            f"frame {frame.frame_id}: shape {pixels.shape}, expected HxWx3 {frame.fmt}"
-        )
 
 
 def center_crop_box(
@@ -83,9 +49,46 @@ def letterbox_box(
     return (target_w - new_w) // 2, (target_h - new_h) // 2, new_w, new_h
 
 
+@cache
+def _cv2() -> Any:
+    """OpenCV, on first use (see the module docstring for why it is not imported above)."""
+    import cv2
+
+    return cv2
+
+
 def _interpolation(src_w: int, src_h: int, dst_w: int, dst_h: int) -> int:
+    cv2 = _cv2()
     # INTER_AREA is the right filter for shrinking; for enlarging it is slow and blocky.
     return cv2.INTER_AREA if src_w >= dst_w and src_h >= dst_h else cv2.INTER_LINEAR
+
+
+def _resize(region: np.ndarray, width: int, height: int, out: np.ndarray) -> None:
+    rh, rw = region.shape[:2]
+    interpolation = _interpolation(rw, rh, width, height)
+    _cv2().resize(region, (width, height), dst=out, interpolation=interpolation)
+
+
+def still_size(
+    width: int, height: int, target_w: int, target_h: int, crop: CropMode
+) -> tuple[int, int]:
+    """The size a still image is scaled to once, so that fitting it needs no resize.
+
+    center: the smallest size with the image's aspect that covers the target (the crop is
+    then a slice); letterbox: the largest that fits inside it (the bars are then a fill);
+    stretch: the target itself. Never larger than the image: a small image stays as it
+    is and is enlarged per frame instead.
+    """
+    if crop == "stretch":
+        size = (target_w, target_h)
+    else:
+        scale = (max if crop == "center" else min)(target_w / width, target_h / height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if crop == "center":  # rounding must not leave the cover a pixel short
+            size = (max(size[0], target_w), max(size[1], target_h))
+    if size[0] > width or size[1] > height:
+        return width, height
+    return size
 
 
 class Preprocessor:
@@ -95,10 +98,15 @@ class Preprocessor:
     steady state allocates nothing but OpenCV's small temporaries.
     """
 
-    def __init__(self, width: int, height: int, crop: CropMode = "center") -> None:
+    def __init__(
+        self, width: int, height: int, crop: CropMode = "center", roi: Roi = FULL_FRAME
+    ) -> None:
         self.width = width
         self.height = height
         self.crop = crop
+        # Only this region of the frame is classified (`[preprocess] roi`); the crop mode
+        # fits the region, not the whole frame, to the model's input.
+        self.roi = roi
         self._scratch = np.empty((height, width, 3), np.uint8)
         self._yuv_rgb: np.ndarray | None = None
         self._letterbox: dict[tuple[int, int], np.ndarray] = {}
@@ -112,15 +120,41 @@ class Preprocessor:
             h, w = pixels.shape[0] * 2 // 3, pixels.shape[1]
             if self._yuv_rgb is None or self._yuv_rgb.shape[:2] != (h, w):
                 self._yuv_rgb = np.empty((h, w, 3), np.uint8)
+            cv2 = _cv2()
             cv2.cvtColor(pixels, cv2.COLOR_YUV2RGB_I420, dst=self._yuv_rgb)
             pixels, fmt = self._yuv_rgb, "RGB"
         if fmt == "RGB":
             self._fit(pixels, out)
         else:
+            # BGR frames come from OpenCV sources only, so OpenCV is loaded already.
             self._fit(pixels, self._scratch)
+            cv2 = _cv2()
             cv2.cvtColor(self._scratch, cv2.COLOR_BGR2RGB, dst=out)
 
+    def prescale(self, rgb: np.ndarray) -> np.ndarray:
+        """A still image (HxWx3 RGB) scaled once to `still_size`, with Pillow's box filter.
+
+        Feeding the result to this Preprocessor needs no resize (and so no OpenCV): the
+        files source and `classify` call this once per image, not per frame.
+        """
+        height, width = rgb.shape[:2]
+        size = still_size(width, height, self.width, self.height, self.crop)
+        if size == (width, height) or self.roi != FULL_FRAME:
+            # A region of interest is cropped per frame; scaling the still would round the
+            # region's edges differently from the per-frame crop. Kept at full size.
+            return rgb
+        from PIL import Image
+
+        # BOX averages every source pixel under each output pixel, like INTER_AREA.
+        scaled = Image.fromarray(np.ascontiguousarray(rgb), "RGB").resize(
+            size, Image.Resampling.BOX
+        )
+        return np.asarray(scaled).copy()
+
     def _fit(self, pixels: np.ndarray, out: np.ndarray) -> None:
+        if self.roi != FULL_FRAME:
+            x, y, rw, rh = roi_box(self.roi, pixels.shape[1], pixels.shape[0])
+            pixels = pixels[y : y + rh, x : x + rw]
         h, w = pixels.shape[:2]
         if self.crop == "stretch":
             region = pixels
@@ -134,21 +168,19 @@ class Preprocessor:
         if (rw, rh) == (self.width, self.height):
             np.copyto(out, region)
             return
-        cv2.resize(
-            region,
-            (self.width, self.height),
-            dst=out,
-            interpolation=_interpolation(rw, rh, self.width, self.height),
-        )
+        _resize(region, self.width, self.height, out)
 
     def _letterbox_into(self, pixels: np.ndarray, out: np.ndarray) -> None:
         h, w = pixels.shape[:2]
         x, y, nw, nh = letterbox_box(w, h, self.width, self.height)
+        out.fill(LETTERBOX_FILL)
+        if (nw, nh) == (w, h):  # a prescaled still: only the bars to add
+            out[y : y + nh, x : x + nw] = pixels
+            return
         resized = self._letterbox.get((nw, nh))
         if resized is None:
             resized = self._letterbox[(nw, nh)] = np.empty((nh, nw, 3), np.uint8)
-        cv2.resize(pixels, (nw, nh), dst=resized, interpolation=_interpolation(w, h, nw, nh))
-        out.fill(LETTERBOX_FILL)
+        _resize(pixels, nw, nh, resized)
         out[y : y + nh, x : x + nw] = resized
 
 

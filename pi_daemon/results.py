@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from pi_daemon.classifier import Prediction
+from pi_daemon.prediction import Prediction
+from pi_daemon.readings import Readings
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,10 @@ class Result:
     top: list[Prediction]
     times: StageTimes
 
-    def as_dict(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """The result's own fields in JSON sinks (the event hub adds type, seq, times)."""
         return {
-            "type": "result",
             "frame_id": self.frame_id,
-            "time": round(self.wall_time, 6),
-            "monotonic": round(self.monotonic, 6),
             "top": [
                 {"label": p.label, "index": p.index, "score": round(p.score, 6)} for p in self.top
             ],
@@ -52,26 +51,31 @@ class Result:
 
 @dataclass(frozen=True)
 class Summary:
+    """One summary interval: how many frames, how fast, and the board's state."""
+
     wall_time: float
     interval_s: float
-    frames: int
+    frames: int  # classified in the interval
     fps: float
     latency_p50_ms: float
     latency_p95_ms: float
     dropped_frames: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    skipped_frames: int = 0  # taken but not classified: the scene had not changed
+    throttle_state: str = "normal"
+    readings: Readings = field(default_factory=Readings)
 
-    def as_dict(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """The summary's fields in JSON sinks (the event hub adds type, seq, times)."""
         return {
-            "type": "summary",
-            "time": round(self.wall_time, 6),
             "interval_s": round(self.interval_s, 3),
             "frames": self.frames,
+            "skipped_frames": self.skipped_frames,
             "fps": round(self.fps, 3),
             "latency_p50_ms": round(self.latency_p50_ms, 3),
             "latency_p95_ms": round(self.latency_p95_ms, 3),
             "dropped_frames": self.dropped_frames,
-            **self.extra,
+            "throttle_state": self.throttle_state,
+            **self.readings.summary_fields(),
         }
 
 

@@ -16,12 +16,13 @@ import os
 import shutil
 import subprocess
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pi_daemon import fileio
 from pi_daemon.config import SensorsSection
 from pi_daemon.events import Event, emit
+from pi_daemon.readings import Readings
 
 log = logging.getLogger(__name__)
 
@@ -29,32 +30,17 @@ DEFAULT_MEMINFO = "/proc/meminfo"
 DEFAULT_VMSTAT = "/proc/vmstat"
 # psutil reports swap-in/out as pswpin/pswpout × 4 KiB; the kernel counts pages.
 SWAP_PAGE_BYTES = 4096
-# vcgencmd normally answers in milliseconds; a firmware hang must not stall the loop long.
+# vcgencmd normally answers in milliseconds. Sensors are polled off the inference loop's
+# thread (pi_daemon/governor.py), so a hang delays only the other readings, by this much.
 VCGENCMD_TIMEOUT_S = 2.0
+# After a timeout vcgencmd is asked again only after twice the previous wait, up to this.
+VCGENCMD_MAX_BACKOFF_S = 600.0
+# A killed vcgencmd stuck in the firmware mailbox (uninterruptible) is given this long to
+# go; then it is abandoned and never run again by this process.
+VCGENCMD_REAP_S = 1.0
+SENSOR_FILE_LIMIT = 64 * 1024
 # Outside this range a thermal zone reading is a driver error, not a temperature.
 PLAUSIBLE_TEMP_C = (-40.0, 150.0)
-
-
-@dataclass(frozen=True)
-class Readings:
-    """One poll of every sensor; None means unavailable (or, for rates, not yet known)."""
-
-    cpu_temp_c: float | None = None
-    undervoltage: bool | None = None
-    # `vcgencmd get_throttled` bits: 0 under-voltage, 1 ARM capped, 2 throttled,
-    # 3 soft temperature limit; 16-19 the same "since boot".
-    throttled_flags: int | None = None
-    swap_used_bytes: int | None = None
-    swap_total_bytes: int | None = None
-    swap_in_per_s: float | None = None  # pages per second
-    swap_out_per_s: float | None = None  # pages per second
-    mem_available_bytes: int | None = None
-    rss_bytes: int | None = None
-    memory_pressure_some_avg10: float | None = None  # percent, /proc/pressure/memory
-
-    def available(self) -> dict[str, Any]:
-        """The readings that are not None, keyed by field name."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 class SensorUnavailable(Exception):
@@ -142,14 +128,20 @@ def parse_pressure_some_avg10(text: str) -> float:
 
 
 def read_text(path: str | Path) -> str:
-    """A sysfs/procfs file's text; SensorUnavailable(missing=True) when it is not there."""
+    """A sysfs/procfs file's text; SensorUnavailable(missing=True) when it is not there.
+
+    Through fileio: a FIFO or a device (`/dev/zero`) configured as a sensor is refused
+    instead of blocking the reader or filling memory, and at most SENSOR_FILE_LIMIT bytes
+    are read (/proc/vmstat, the largest, is ~5 KiB).
+    """
     try:
-        return Path(path).read_text(encoding="ascii", errors="replace")
-    except FileNotFoundError:
-        raise SensorUnavailable(f"{path}: not found", missing=True) from None
-    except OSError as error:
-        # EIO/ENODATA from a driver, or EACCES: present but unusable right now.
-        raise SensorUnavailable(f"{path}: {error.strerror or error}") from None
+        data = fileio.read_bytes(path, SENSOR_FILE_LIMIT)
+    except fileio.FileProblem as error:
+        if error.missing:
+            raise SensorUnavailable(f"{path}: not found", missing=True) from None
+        # EIO/ENODATA from a driver, EACCES, a FIFO: present but unusable right now.
+        raise SensorUnavailable(f"{path}: {error.reason}") from None
+    return data.decode("ascii", errors="replace")
 
 
 def find_hwmon(root: str | Path, name: str) -> Path | None:
@@ -160,9 +152,9 @@ def find_hwmon(root: str | Path, name: str) -> Path | None:
         return None
     for entry in entries:
         try:
-            if (entry / "name").read_text(encoding="ascii", errors="replace").strip() == name:
+            if read_text(entry / "name").strip() == name:
                 return entry
-        except OSError:
+        except SensorUnavailable:
             continue
     return None
 
@@ -225,6 +217,8 @@ class Sensors:
         self._hwmon_dir: Path | None = None
         self._vcgencmd: str | None = None
         self._vcgencmd_due = 0.0
+        self._vcgencmd_backoff_s = 0.0  # > 0 after timeouts
+        self._vcgencmd_abandoned = False
         self._throttled_flags: int | None = None
         self._swap_counters: tuple[float, int, int] | None = None  # (now, pages in, pages out)
         self._process: Any = None
@@ -289,12 +283,13 @@ class Sensors:
 
     def _throttled(self, now: float) -> int | None:
         """Firmware flags from vcgencmd, re-run at most every vcgencmd_interval_s (it forks)."""
-        if not self.config.vcgencmd_enabled:
+        if not self.config.vcgencmd_enabled or self._vcgencmd_abandoned:
             return None
         if now < self._vcgencmd_due:
             return self._throttled_flags
-        self._vcgencmd_due = now + self.config.vcgencmd_interval_s
         self._throttled_flags = self._guard("throttled_flags", self._run_vcgencmd)
+        wait = max(self.config.vcgencmd_interval_s, self._vcgencmd_backoff_s)
+        self._vcgencmd_due = now + wait
         return self._throttled_flags
 
     def _run_vcgencmd(self) -> int:
@@ -305,22 +300,47 @@ class Sensors:
                 raise SensorUnavailable(f"{configured}: command not found", missing=True)
             self._vcgencmd = found
         try:
-            done = subprocess.run(
+            process = subprocess.Popen(
                 [self._vcgencmd, "get_throttled"],
-                capture_output=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
-                timeout=VCGENCMD_TIMEOUT_S,
-                check=False,
+                errors="replace",
             )
-        except subprocess.TimeoutExpired:
-            raise SensorUnavailable(f"vcgencmd: no answer in {VCGENCMD_TIMEOUT_S:.0f} s") from None
         except OSError as error:
             self._vcgencmd = None
             raise SensorUnavailable(f"vcgencmd: {error.strerror or error}") from None
-        if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip()[:80]
-            raise SensorUnavailable(f"vcgencmd exited {done.returncode}: {detail}")
-        return parse_throttled(done.stdout)
+        try:
+            stdout, stderr = process.communicate(timeout=VCGENCMD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._vcgencmd_hung(process)
+            raise SensorUnavailable(
+                f"vcgencmd: no answer in {VCGENCMD_TIMEOUT_S:.0f} s; next try in "
+                f"{self._vcgencmd_backoff_s:.0f} s"
+            ) from None
+        self._vcgencmd_backoff_s = 0.0
+        if process.returncode != 0:
+            detail = (stderr or stdout).strip()[:80]
+            raise SensorUnavailable(f"vcgencmd exited {process.returncode}: {detail}")
+        return parse_throttled(stdout[:SENSOR_FILE_LIMIT])
+
+    def _vcgencmd_hung(self, process: subprocess.Popen[str]) -> None:
+        """Kill a hung vcgencmd and back off; one stuck in the kernel is left for good."""
+        self._vcgencmd_backoff_s = min(
+            VCGENCMD_MAX_BACKOFF_S,
+            max(2 * self._vcgencmd_backoff_s, 2 * self.config.vcgencmd_interval_s),
+        )
+        process.kill()
+        try:
+            process.communicate(timeout=VCGENCMD_REAP_S)
+        except subprocess.TimeoutExpired:
+            self._vcgencmd_abandoned = True
+            log.warning(
+                "vcgencmd (pid %d) does not die even when killed (stuck in the firmware "
+                "mailbox?); not running it again until restart",
+                process.pid,
+            )
 
     def _memory(self) -> dict[str, int]:
         """Available memory and swap amounts, in bytes; {} when unavailable."""

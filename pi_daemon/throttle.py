@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING
 from pi_daemon.config import ThrottleSection
 
 if TYPE_CHECKING:
-    from pi_daemon.sensors import Readings
+    from pi_daemon.readings import Readings
 
 STATES = ("normal", "warm", "hot", "critical")
 NORMAL, WARM, HOT, CRITICAL = range(4)

@@ -19,13 +19,15 @@ import pytest
 from pi_daemon.capture import FramePreparer
 from pi_daemon.classifier import Classifier
 from pi_daemon.daemon import Daemon, LoopSettings
+from pi_daemon.frame import Frame
 from pi_daemon.model import load_model
-from pi_daemon.preprocess import Frame
 from pi_daemon.results import Result, StageTimes
 from pi_daemon.sinks.base import SinkDispatcher
 from pi_daemon.sinks.jsonl import JsonlSink
 from pi_daemon.sinks.log import LogSink
 from pi_daemon.sources.files import FilesSource
+from tests.conftest import TEST_MODELS
+from tests.test_sinks import IDENTITY
 
 FRAMES = 2000
 WARMUP = 300
@@ -80,10 +82,17 @@ def _run_daemon(
     classifier: Classifier, paths: list[Path], events: Path, frames: int, extra_sinks: list
 ) -> Daemon:
     source = FilesSource(paths, loop=True, fps=0.0)
+    sinks = [LogSink(0.5, IDENTITY), JsonlSink(events, 1 << 20, 1, IDENTITY), *extra_sinks]
+    dispatcher = SinkDispatcher(sinks)
+    # As app.py does: the caller owns the source and the dispatcher and closes both.
     source.open()
-    sinks = [LogSink(0.5), JsonlSink(events, 1 << 20, 1), *extra_sinks]
-    daemon = Daemon(classifier, source, SinkDispatcher(sinks), LoopSettings())
-    daemon.run(max_frames=frames)
+    try:
+        daemon = Daemon(classifier, source, dispatcher, LoopSettings())
+        daemon.run(max_frames=frames)
+        assert daemon.capture_stopped  # the capture thread has let go of the source
+    finally:
+        dispatcher.close()
+        source.close()
     return daemon
 
 
@@ -98,14 +107,10 @@ def test_daemon_memory_is_flat_across_runs_of_different_length(
     model = load_model(tiny_model, labels=str(tiny_labels), num_threads=1)
     classifier = Classifier(model, top_k=3)
     paths = list(photos.values())
-    extra: list = []
-    try:
-        from pi_daemon.metrics import Metrics
+    from pi_daemon.metrics import Metrics  # the metrics extra is part of the test install
 
-        metrics = Metrics.without_server()
-        extra = [metrics.sink]
-    except Exception:  # metrics extra not installed: the rest still counts
-        metrics = None
+    metrics = Metrics()  # serving is the endpoint's (pi_daemon/endpoint.py), not needed here
+    extra: list = [metrics.sink]
     tracemalloc.start()
     try:
         # Warm every code path (imports, caches, rotation) before measuring.
@@ -121,16 +126,22 @@ def test_daemon_memory_is_flat_across_runs_of_different_length(
     held_short = after_short - baseline
     held_long = after_long - after_short
     assert held_long - held_short < MAX_GROWTH_BYTES, (held_short, held_long)
-    if metrics is not None:  # the per-label counters were really updated
-        assert sum(m.samples[0].value > 0 for m in metrics.labels.collect()) >= 1
+    # The per-label counters were really updated, once per frame of the three runs.
+    counted = sum(s.value for s in metrics.labels.collect()[0].samples if s.name.endswith("_total"))
+    assert counted == WARMUP + 500 + 500 + FRAMES
 
 
 @pytest.mark.parametrize("crop", ["center", "letterbox", "stretch"])
+@pytest.mark.parametrize("model_name", ["tiny_uint8", "tiny_int8", "tiny_float32"])
 def test_frames_prepared_on_the_capture_thread_give_the_same_input(
-    tiny_model: Path, tiny_labels: Path, camera_frames: list[np.ndarray], crop: str
+    tiny_labels: Path, camera_frames: list[np.ndarray], crop: str, model_name: str
 ) -> None:
-    """Moving crop/resize to the capture thread changes where the work runs, not the input."""
-    model = load_model(tiny_model, labels=str(tiny_labels), num_threads=1)
+    """Moving crop/resize to the capture thread changes where the work runs, not the input.
+
+    tiny_uint8 takes pixels as they are (no table); tiny_int8 (zero point -128) and
+    tiny_float32 map every pixel through the input table, on the prepared path too.
+    """
+    model = load_model(TEST_MODELS / f"{model_name}.tflite", labels=str(tiny_labels))
     classifier = Classifier(model, top_k=3, crop=crop)  # type: ignore[arg-type]
     width, height = model.input_size
     preparer = FramePreparer(width, height, crop)  # type: ignore[arg-type]
@@ -140,8 +151,19 @@ def test_frames_prepared_on_the_capture_thread_give_the_same_input(
         direct = np.array(classifier._input_tensor(), copy=True)
         prepared = preparer(raw)
         assert prepared.fmt == "RGB" and prepared.size == (width, height)
+        classifier._input_tensor().fill(0)
         classifier.write_input(prepared)
         assert np.array_equal(classifier._input_tensor(), direct)
+        # And it is the model's own mapping of the prepared RGB picture, value by value.
+        inp = model.input
+        if inp.dtype == np.int8:
+            expected = (prepared.pixels.astype(np.int16) + inp.zero_point).astype(np.int8)
+        elif inp.dtype == np.float32:
+            expected = prepared.pixels.astype(np.float32)  # range 0..255: real pixel values
+        else:
+            expected = prepared.pixels
+        assert direct.dtype == inp.dtype
+        assert np.array_equal(direct[0], expected), model_name
 
 
 def test_preparer_never_reuses_a_buffer_a_frame_still_holds(

@@ -3,11 +3,16 @@ timed assertions on a shared machine are flaky; the targets are checked by runni
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 from collections.abc import Callable
 
+import pytest
+
 from pi_daemon.bench import STAGES, format_report
+from pi_daemon.errors import EX_USAGE
+from tests.conftest import assert_one_line_error
 
 STAGE_KEYS = {"p50", "p95", "max"}
 
@@ -19,7 +24,6 @@ def test_bench_json_has_every_figure(
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
 
-    assert report["target_ratio"] == 0.95
     assert {"name", "sha256", "backend", "backend_version", "input"} <= set(report["model"])
     env = report["environment"]
     for key in ("machine", "cpu", "cores", "governor", "cur_freq", "blas", "numpy", "backend"):
@@ -30,7 +34,13 @@ def test_bench_json_has_every_figure(
     assert [run["threads"] for run in report["runs"]] == [1, 2]
     for run in report["runs"]:
         assert run["bare"]["fps"] > 0 and run["pipeline"]["fps"] > 0
-        assert run["ratio"] > 0 and isinstance(run["meets_target"], bool)
+        assert run["ratio"] > 0 and run["cpu_ratio"] > 0
+        # The verdict is on the CPU-time ratio (robust to a noisy neighbour), as the report
+        # says ("target >= ... (on cpu ratio)"); the fps ratio is reported beside it.
+        assert run["meets_target"] is (run["cpu_ratio"] >= report["target_ratio"])
+        for name in ("ratio", "cpu_ratio"):
+            low, high = run[f"{name}_spread"]
+            assert low <= run[name] <= high, (name, run)
         assert set(run["pipeline"]["stages_ms"]) == set(STAGES)
         for stage in STAGES:
             stats = run["pipeline"]["stages_ms"][stage]
@@ -41,17 +51,26 @@ def test_bench_json_has_every_figure(
     process = report["process"]
     assert 0 < process["time_to_first_result_s"] < 60
     assert process["peak_rss_mib"] >= process["steady_rss_mib"] > 10
+    # RSS is the anonymous part plus the file-backed part (sampled a moment apart).
+    parts = process["steady_rss_anon_mib"] + process["steady_rss_file_mib"]
+    assert parts == pytest.approx(process["steady_rss_mib"], abs=3), process
+    assert process["steady_rss_anon_mib"] > 5 and process["steady_rss_file_mib"] > 5, process
 
+    # From a checkout the float32 twin is in deploy/models: the comparison must run.
     floats = report["compare"]["int8_vs_float32"]
-    assert floats["status"] in ("ok", "skipped")
-    if floats["status"] == "ok":
-        assert floats["float32_over_int8_time"] > 0 and floats["file_size_ratio"] > 1
-    else:
-        assert floats["reason"]
+    assert floats["status"] == "ok", floats
+    assert floats["float32_model"].endswith("deploy/models/efficientnet-lite0-fp32.tflite")
+    assert floats["float32_over_int8_time"] > 0 and floats["int8_ms"] > 0
+    assert 3.0 < floats["file_size_ratio"] < 4.0  # 18.6 MB against 5.3 MB
+    agreed, photos = map(int, floats["top1_agreement_demo_photos"].split("/"))
+    assert photos == 3 and agreed >= 2, floats
+    # tflite-runtime is not in the test venv (it needs numpy<2) and no --compare-python
+    # was given: exactly that is the reason, and the litert side still ran.
     backends = report["compare"]["litert_vs_tflite_runtime"]
-    assert backends["status"] in ("ok", "skipped")
-    if backends["status"] == "skipped":
-        assert backends["reason"]  # "not installed" or "unusable with numpy 2.x"
+    assert backends["status"] == "skipped", backends
+    assert backends["reason"] == "tflite-runtime: not installed", backends
+    assert backends["litert"]["ms"] > 0 and backends["litert"]["where"] == "in process"
+    assert backends["litert"]["version"] == importlib.metadata.version("ai-edge-litert")
 
     table = format_report(report)
     for heading in ("bare fps", "pipeline fps", "ratio", "capture_wait", "sinks", "peak RSS"):
@@ -63,5 +82,4 @@ def test_bench_rejects_too_few_frames(
     cli: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
     result = cli("bench", "--frames", "5")
-    assert result.returncode != 0
-    assert "--frames must be at least" in result.stderr
+    assert_one_line_error(result, EX_USAGE, "argument --frames", "must be 20 to")

@@ -11,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from pi_daemon.config import Config, Section, load_config, parse_config
+from pi_daemon.config import Config, Section, load_config, parse_config, resolve_relative
 from pi_daemon.errors import EX_CONFIG, ConfigError
 from tests.conftest import REPO, assert_one_line_error
 
@@ -77,6 +77,11 @@ def test_example_config_documents_every_key():
         ("[output]\nevents_max_bytes = 10", ["output.events_max_bytes:"]),
         ("model = 3", ["model:", "expected a table, got int 3"]),
         ("[model\npath = 1", ["not valid TOML"]),
+        # Cross-field checks name the key, not just the section.
+        ("[preprocess]\nroi = [0.5, 0.0, 0.6, 1.0]", ["preprocess.roi:", "outside the frame"]),
+        ("[preprocess]\nroi = [0.2, 0.2, 0.0, 0.5]", ["preprocess.roi:", "empty region"]),
+        ('[rules]\ninclude = ["tabby"]\nexclude = ["x"]', ["rules.exclude:", "not both"]),
+        ("[motion]\nmask = [[[0, 0], [0.5, 0.5], [1, 1]]]", ["motion.mask.0:", "no area"]),
     ],
 )
 def test_bad_config_reports_key_path(write_config, cli, toml, fragments):
@@ -156,6 +161,34 @@ def test_parse_config_origin_in_errors():
         ('[opencv]\ndevice = "\\u0000"', ["opencv.device:", "NUL"]),
         # A literal-typed key names its choices.
         ('[output]\nlog_level = "loud"', ["output.log_level:", "'debug', 'info', 'warning'"]),
+        # The region of interest, the motion gate, the rules and snapshots (issue 13).
+        ("[preprocess]\nroi = [0.0, 0.0, 1.0]", ["preprocess.roi:", "length 4"]),
+        ("[preprocess]\nroi = [-0.1, 0.0, 0.5, 1.0]", ["preprocess.roi.0:", ">= 0.0"]),
+        ("[preprocess]\nroi = [0.0, 0.7, 1.0, 0.5]", ["preprocess.roi:", "y + h = 1.2 > 1"]),
+        ('[motion]\nenabled = "yes"', ["motion.enabled:", "expected bool"]),
+        ("[motion]\nmax_skip_s = 0", ["motion.max_skip_s:", "expected float > 0.0"]),
+        ("[motion]\nmin_changed_fraction = 0.0", ["motion.min_changed_fraction:", "> 0.0"]),
+        ("[motion]\npixel_threshold = 300", ["motion.pixel_threshold:", "<= 255"]),
+        ("[motion]\nmask = [[[0, 0], [1, 0]]]", ["motion.mask.0:", "length >= 3"]),
+        (
+            "[motion]\nmask = [[[0, 0], [1, 0], [1, 1]], [[0, 0], [1, 0], [1.5, 1]]]",
+            ["motion.mask.1.2.0:", "<= 1.0"],
+        ),
+        ("[motion]\nmask = [[[0, 0], [1, 0], [1, nan]]]", ["motion.mask.0.2.1:", "nan"]),
+        ("[rules]\nstart_frames = 6", ["rules.start_frames:", "window_frames = 5"]),
+        ("[rules]\nwindow_frames = 0", ["rules.window_frames:", ">= 1"]),
+        (
+            '[rules]\nmin_scores = { "tiger cat" = 1.5 }',
+            ['rules.min_scores."tiger cat":', "0 and 1"],
+        ),
+        ('[rules]\nmin_scores = { tabby = "high" }', ["rules.min_scores.tabby:", "a number"]),
+        ("[rules]\nmin_scores = { tabby = nan }", ["rules.min_scores.tabby:", "got nan"]),
+        ('[rules]\ninclude = [""]', ["rules.include.0:", "length >= 1"]),
+        ("[rules]\ncooldown_s = -1", ["rules.cooldown_s:", ">= 0"]),
+        ('[rules]\njournal_results = "all"', ["rules.journal_results:", "'events' or 'changes'"]),
+        ("[snapshots]\nsnapshots_max_bytes = 10", ["snapshots.snapshots_max_bytes:", ">= 65536"]),
+        ("[snapshots]\nquality = 100", ["snapshots.quality:", "<= 95"]),
+        ('[snapshots]\ndirectory = "/var/\\u0000"', ["snapshots.directory:", "NUL"]),
     ],
 )
 def test_strict_types_and_values(write_config, cli, toml, fragments):
@@ -255,3 +288,63 @@ def test_to_toml_round_trips_every_section():
         picamera2=replace(Config().picamera2, main_size=(800, 600)),
     )
     assert parse_config(tomllib.loads(to_toml(config))) == config
+
+
+def test_to_toml_round_trips_roi_mask_and_per_label_scores():
+    from pi_daemon.config import replace, to_toml
+
+    defaults = Config()
+    config = replace(
+        defaults,
+        preprocess=replace(defaults.preprocess, roi=(0.1, 0.2, 0.5, 0.5)),
+        motion=replace(defaults.motion, mask=[[(0.0, 0.0), (0.5, 0.0), (0.5, 0.5)]]),
+        rules=replace(defaults.rules, min_scores={"tiger cat": 0.3, 'a "quoted" one': 0.2}),
+    )
+    assert parse_config(tomllib.loads(to_toml(config))) == config
+
+
+def test_an_error_about_the_whole_file_says_top_level():
+    with pytest.raises(ConfigError) as error:
+        parse_config([], "here")  # type: ignore[arg-type]
+    assert str(error.value).startswith("here: (top level): ")
+
+
+@pytest.mark.parametrize(
+    ("path", "base", "expected"),
+    [
+        ("model.tflite", Path("/etc/pi-daemon"), Path("/etc/pi-daemon/model.tflite")),
+        ("/opt/m.tflite", Path("/etc/pi-daemon"), Path("/opt/m.tflite")),
+        ("model.tflite", None, Path("model.tflite")),  # no config file: as given
+        # `~` is expanded when the config is loaded (see the strictness tests), not here.
+        ("/home/pi/m.tflite", Path("/etc/pi-daemon"), Path("/home/pi/m.tflite")),
+    ],
+)
+def test_paths_are_relative_to_the_config_file(path, base, expected):
+    assert resolve_relative(path, base) == expected
+
+
+def test_load_config_errors_name_the_file_and_the_reason(tmp_path: Path):
+    """In process as well as through the CLI above: the exact one-line messages."""
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as error:
+        load_config(missing)
+    assert str(error.value) == f"{missing}: config file not found"
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path)  # a directory: OSError with a strerror
+    assert str(error.value) == (
+        f"{tmp_path}: cannot read config file: not a regular file (a directory)"
+    )
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")  # not UTF-8: UnicodeDecodeError, no strerror
+    with pytest.raises(ConfigError) as error:
+        load_config(binary)
+    assert str(error.value) == f"{binary}: cannot read config file: not UTF-8 text (byte 0)"
+
+
+def test_parse_config_lists_every_problem_one_per_line_with_the_default_origin():
+    with pytest.raises(ConfigError) as error:
+        parse_config({"model": {"top_k": 0, "colour": 1}})
+    assert str(error.value).splitlines() == [
+        "<config>: model.top_k: expected int >= 1, got int 0",
+        "<config>: model.colour: unknown key",
+    ]

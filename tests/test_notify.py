@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -30,7 +29,7 @@ import numpy as np
 import pytest
 
 from pi_daemon.notify import SystemdNotifier, monotonic_usec, socket_address, watchdog_interval_s
-from tests.conftest import REPO, TEST_MODELS
+from tests.conftest import REPO, TEST_MODELS, write_sensor_files
 
 TINY_MODEL = TEST_MODELS / "tiny_uint8.tflite"
 TINY_INT8_MODEL = TEST_MODELS / "tiny_int8.tflite"
@@ -56,9 +55,15 @@ def write_config(
     extra: str = "",
     name: str = "config.toml",
 ) -> Path:
-    """A files-source config on the tiny model, with a JSONL events file beside it."""
+    """A files-source config on the tiny model, with a JSONL events file beside it.
+
+    The sensors read files in `folder` (a cool, roomy board) unless `extra` has its own
+    `[sensors]`: this machine's load must not throttle the daemon under test.
+    """
     images = images or [solid_image(folder, "red", RED)]
     paths = ", ".join(json.dumps(str(p)) for p in images)
+    if "[sensors]" not in extra:
+        extra = f"{extra}\n{write_sensor_files(folder)}"
     path = folder / name
     path.write_text(
         f"""source = "files"
@@ -143,7 +148,14 @@ class NotifySocket:
 class DaemonProcess:
     """`python -m pi_daemon run --config ...` as a real child process."""
 
-    def __init__(self, config: Path, env: dict[str, str], prefix: list[str] | None = None):
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str],
+        prefix: list[str] | None = None,
+        entry: list[str] | None = None,
+    ):
+        """`entry` replaces `-m pi_daemon`, e.g. a script that wraps the real CLI."""
         self.log_path = config.parent / f"daemon-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in wait()/kill()
         full_env = {**os.environ, **env}
@@ -159,7 +171,14 @@ class DaemonProcess:
                 full_env.pop(key, None)
         full_env.setdefault("PI_DAEMON_LOG_TARGET", "stderr")
         self.proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "pi_daemon", "run", "--config", str(config)],
+            [
+                *(prefix or []),
+                sys.executable,
+                *(entry or ["-m", "pi_daemon"]),
+                "run",
+                "--config",
+                str(config),
+            ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -266,10 +285,79 @@ def test_abstract_socket_and_watchdog_rate_limit() -> None:
         ({"WATCHDOG_USEC": "0"}, None),
         ({"WATCHDOG_USEC": "soon"}, None),
         ({}, None),
+        # str.isdigit() says yes to these; int() refuses "²" and reads "٣" as 3.
+        ({"WATCHDOG_USEC": "²"}, None),
+        ({"WATCHDOG_USEC": "٣٠٠٠٠٠٠٠"}, None),
+        ({"WATCHDOG_USEC": " 30000000"}, None),
+        ({"WATCHDOG_USEC": "-30000000"}, None),
+        ({"WATCHDOG_USEC": "3e7"}, None),
+        ({"WATCHDOG_USEC": "9" * 30}, None),
+        ({"WATCHDOG_USEC": "\udcff"}, None),  # a byte that is not UTF-8
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "¹"}, None),
+        ({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": f"{os.getpid()}\udcff"}, None),
     ],
 )
 def test_watchdog_interval_honours_watchdog_pid(env: dict[str, str], expected: float | None):
     assert watchdog_interval_s(env) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "address"),
+    [
+        ("/run/systemd/notify", b"/run/systemd/notify"),
+        ("@name", b"\0name"),
+        ("@\udcff\udcfe", b"\0\xff\xfe"),  # bytes that are not UTF-8 (os.environ's form)
+        ("/tmp/caf\udce9.sock", b"/tmp/caf\xe9.sock"),
+        ("vsock:2:1234", None),
+        ("relative.sock", None),
+    ],
+)
+def test_notify_socket_address_is_the_variables_own_bytes(
+    value: str, address: bytes | None
+) -> None:
+    assert socket_address(value) == address
+
+
+def test_a_daemon_with_odd_environment_values_runs(tmp_path: Path) -> None:
+    """NOTIFY_SOCKET naming a socket by bytes that are not UTF-8, WATCHDOG_USEC="²",
+    JOURNAL_STREAM="²:³", PI_DAEMON_LOG_TARGET=journald: no traceback, READY still sent,
+    one warning per odd value."""
+    raw = os.fsencode(tmp_path) + b"/n\xe9otify.sock"  # e-acute in Latin-1: not UTF-8
+    listener = NotifySocket(os.fsdecode(raw))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY", "WATCHDOG"))},
+        "WATCHDOG_USEC": "²",
+        "JOURNAL_STREAM": "²:³",
+        "PI_DAEMON_LOG_TARGET": "journald",
+    }
+    envb = {os.fsencode(k): os.fsencode(v) for k, v in env.items()}
+    envb[b"NOTIFY_SOCKET"] = raw
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pi_daemon",
+                "run",
+                "--config",
+                str(write_config(tmp_path)),
+                "--max-frames",
+                "5",
+            ],
+            env=envb,  # type: ignore[arg-type]  # bytes environments are allowed on POSIX
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        ready = listener.wait_for("READY", 5)
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "Logging error" not in done.stderr
+    assert "WATCHDOG_USEC='\\xb2' is not a number of microseconds" in done.stderr
+    assert "PI_DAEMON_LOG_TARGET='journald' is neither journal nor stderr" in done.stderr
+    assert "last: class_0" in ready.fields["STATUS"]
 
 
 def test_send_failure_is_logged_once_and_never_raised(
@@ -298,15 +386,27 @@ def test_status_is_one_short_line(notify_socket: NotifySocket) -> None:
 # -- the real daemon ------------------------------------------------------------------------
 
 
+def expected_pings(frame_times: list[float], ping_every_s: float) -> list[float]:
+    """When the daemon's rule says it pings: at a classified frame, if at least ping_every_s
+    (half of WATCHDOG_USEC) has passed since the previous ping, on the daemon's own clock."""
+    pings: list[float] = []
+    for t in frame_times:
+        if not pings or t - pings[-1] >= ping_every_s:
+            pings.append(t)
+    return pings
+
+
 def test_ready_after_first_result_then_watchdog_at_half_the_interval(
     tmp_path: Path, notify_socket: NotifySocket, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    daemon = start_daemon(write_config(tmp_path, fps=20), notify_env(notify_socket, 1.0))
+    watchdog_s = 1.2
+    daemon = start_daemon(write_config(tmp_path, fps=20), notify_env(notify_socket, watchdog_s))
     ready = notify_socket.wait_for("READY", 30)
     time.sleep(3.0)
     code, took = daemon.stop()
     assert code == 0, daemon.log()
     assert took < 5
+    time.sleep(0.3)  # the reader thread has taken every datagram
 
     messages = notify_socket.snapshot()
     # Before READY: only status lines, no watchdog pings (nothing has been classified yet).
@@ -316,20 +416,70 @@ def test_ready_after_first_result_then_watchdog_at_half_the_interval(
     assert "fps" in ready.fields["STATUS"] and "last: class_0" in ready.fields["STATUS"]
     assert len(notify_socket.with_key("READY")) == 1
     # READY=1 came after the first frame was classified (the result's CLOCK_MONOTONIC).
-    first = next(e for e in read_events(tmp_path) if e["type"] == "result")
-    assert first["monotonic"] <= ready.received
+    results = [e for e in read_events(tmp_path) if e["type"] == "result"]
+    assert results[0]["monotonic"] <= ready.received
 
+    # The daemon's own timestamps (each result's monotonic, the `now` it pings with) say
+    # exactly which frames must have pinged: as many pings as the rule predicts, each
+    # received after (never before) its frame. No bound depends on this host's scheduler.
+    frame_times = [r["monotonic"] for r in results]
+    predicted = expected_pings(frame_times, watchdog_s / 2)
     pings = [m.received for m in notify_socket.with_key("WATCHDOG")]
-    gaps = [b - a for a, b in itertools.pairwise(pings)]
-    assert len(pings) >= 5, pings
-    # Rate-limited to half of WATCHDOG_USEC (pings only happen at frames, 50 ms apart; the
-    # margins allow for scheduling jitter between the daemon's clock and our receipt).
-    assert min(gaps) >= 0.45, gaps
-    assert max(gaps) < 0.75, gaps
-    assert 0.48 <= statistics.median(gaps) <= 0.6, gaps
+    assert len(predicted) >= 5, predicted
+    assert len(pings) == len(predicted), (pings, predicted)
+    lags = [got - sent for got, sent in zip(pings, predicted, strict=True)]
+    assert all(0 <= lag < 1.0 for lag in lags), lags
+    # Pinging at every frame (or at a quarter of the interval) would be many more pings;
+    # pinging at the full interval far fewer: both fail the count above.
+    assert len(expected_pings(frame_times, watchdog_s / 4)) > len(predicted)
+    assert len(expected_pings(frame_times, watchdog_s)) < len(predicted)
 
     last = messages[-1]
     assert last.fields.get("STOPPING") == "1", messages[-3:]
+
+
+def test_watchdog_pings_continue_while_paced_and_while_paused(
+    tmp_path: Path, notify_socket: NotifySocket, start_daemon: Callable[..., DaemonProcess]
+) -> None:
+    """A deliberate slow-down is progress: an under-voltage pace (one frame per 6 s, longer
+    than the watchdog timeout) and a critical-temperature pause must both keep the pings
+    coming at least once per watchdog timeout, or systemd would kill a healthy daemon.
+    While paced or paused the loop wakes every pause_poll_s (1 s) and pings when half the
+    timeout (2 s) has passed: gaps of about 2 s against the 4 s timeout."""
+    watchdog_s = 4.0
+    sensors = write_sensor_files(tmp_path) + "poll_interval_s = 0.1\n"
+    config = write_config(
+        tmp_path, fps=20, extra=f"[throttle]\nflags_min_interval_s = 6.0\n{sensors}"
+    )
+    daemon = start_daemon(config, notify_env(notify_socket, watchdog_s))
+    notify_socket.wait_for("READY", 30)
+
+    write_sensor_files(tmp_path, undervoltage=True)
+    daemon.wait_for_log("throttle normal -> hot: under-voltage alarm", 10)
+    paced_from = time.monotonic()
+    time.sleep(8.0)
+    write_sensor_files(tmp_path, undervoltage=True, temp_c=80.0)
+    daemon.wait_for_log("-> critical", 10)
+    paused_from = time.monotonic()
+    time.sleep(5.0)
+    paused_until = time.monotonic()
+    code, _ = daemon.stop()
+    assert code == 0, daemon.log()
+
+    frames = [e["monotonic"] for e in read_events(tmp_path) if e["type"] == "result"]
+    paced = [t for t in frames if paced_from < t < paused_from]
+    # Paced: one frame per flags_min_interval_s (on the daemon's clock), not 20 fps.
+    assert 1 <= len(paced) <= 3, paced
+    assert all(b - a >= 5.99 for a, b in itertools.pairwise(paced)), paced
+    # Paused: no frame at all (one already in the interpreter may finish just after).
+    assert not [t for t in frames if paused_from + 0.3 < t < paused_until], frames
+
+    pings = [m.received for m in notify_socket.with_key("WATCHDOG")]
+    window = [t for t in pings if paced_from - watchdog_s < t < paused_until]
+    assert window and window[0] < paced_from, "no ping before the slow-down began"
+    gaps = [b - a for a, b in itertools.pairwise([*window, paused_until])]
+    assert max(gaps) < watchdog_s, (gaps, window)
+    assert len([t for t in window if t > paused_from]) >= 2, window  # pings while paused
 
 
 def test_no_ready_and_no_pings_while_the_first_invoke_hangs(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import logging
+import sys
 import time
 
 import cv2
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pi_daemon.errors import EX_UNAVAILABLE, SourceUnavailable
-from pi_daemon.preprocess import Preprocessor, check_frame
+from pi_daemon.frame import check_frame
+from pi_daemon.preprocess import Preprocessor
 from pi_daemon.sources.base import SourceError
 from pi_daemon.sources.picamera2 import (
     BUFFER_COUNT,
@@ -21,8 +22,6 @@ from pi_daemon.sources.picamera2 import (
     clamp_lores_size,
 )
 from tests.fakes.picamera2 import FakeJob, FakePicamera2, i420_from_rgb
-
-PICAMERA2_INSTALLED = importlib.util.find_spec("picamera2") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +128,45 @@ def test_lores_larger_than_main_is_clamped_and_logged(caplog) -> None:
     assert frame.size == (320, 240) and frame.pixels.shape == (360, 320)
     assert "clamped to 320x240" in caplog.text
     source.close()
+
+
+def test_lores_size_adjusted_by_libcamera_is_the_size_read(caplog) -> None:
+    """libcamera may change the lores size in validate(); picamera2 writes the final size
+    into the configuration. Frames must be unpadded at that size, not the requested one."""
+    caplog.set_level(logging.WARNING, logger="pi_daemon.sources.picamera2")
+    FakePicamera2.picture = np.random.default_rng(3).integers(0, 256, (240, 320, 3), np.uint8)
+    FakePicamera2.libcamera_adjusts = {"lores": (304, 228)}
+    source = make_source(main_size=(640, 480), lores_size=(300, 224))
+    source.open()
+    frame = source.read(timeout=1.0)
+    source.close()
+
+    assert "libcamera adjusted lores 300x224 to 304x228" in caplog.text
+    assert source.lores_size == (304, 228)
+    assert source.describe() == "picamera2: camera 0, lores 304x228 YUV420"
+    assert frame.size == (304, 228) and frame.pixels.shape == (342, 304)
+    check_frame(frame)
+    np.testing.assert_array_equal(frame.pixels, i420_from_rgb(FakePicamera2.picture, 304, 228))
+
+
+@pytest.mark.parametrize(
+    ("read_timeout", "capture_timeout", "wait"),
+    [
+        (5.0, 2.0, 2.0),  # the camera's own limit is the shorter: it wins
+        (0.5, 2.0, 0.5),  # the caller's deadline is the shorter
+        (2.0, 2.0, 2.0),
+        (0.0, 2.0, 0.01),  # never 0: picamera2 would return a Job instead of an array
+        (-1.0, 2.0, 0.01),
+    ],
+)
+def test_read_passes_the_shorter_timeout_as_a_positive_wait(
+    read_timeout: float, capture_timeout: float, wait: float
+) -> None:
+    source = make_source(capture_timeout_s=capture_timeout)
+    source.open()
+    source.read(timeout=read_timeout)
+    source.close()
+    assert camera_of(source).waits == [wait]
 
 
 def test_different_aspect_ratio_is_warned_about(caplog) -> None:
@@ -257,8 +295,19 @@ def test_two_cameras_open_independently() -> None:
     first, second = make_source(camera_num=0), make_source(camera_num=1)
     first.open()
     second.open()
+    cam0, cam1 = FakePicamera2.instances
+    assert (cam0.camera_idx, cam1.camera_idx) == (0, 1)
+    assert cam0.started and cam1.started and FakePicamera2._acquired == {0, 1}
+    assert first.describe().startswith("picamera2: camera 0")
+    assert second.describe().startswith("picamera2: camera 1")
+    assert first.read(timeout=1.0).frame_id == second.read(timeout=1.0).frame_id == 1
     first.close()
+    # Releasing one camera leaves the other acquired and streaming.
+    assert not cam0.is_open and cam1.started and FakePicamera2._acquired == {1}
+    assert second.read(timeout=1.0).fmt == "YUV420"
+    assert (cam0.frames, cam1.frames) == (1, 2)
     second.close()
+    assert FakePicamera2._acquired == set()
 
 
 def test_no_camera_is_unavailable() -> None:
@@ -276,8 +325,13 @@ def test_camera_number_out_of_range_is_unavailable() -> None:
     assert "camera 1" in text and "only 1 camera" in text
 
 
-@pytest.mark.skipif(PICAMERA2_INSTALLED, reason="picamera2 is installed here")
-def test_missing_picamera2_module_is_unavailable() -> None:
+@pytest.fixture
+def no_picamera2_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import picamera2` fails, as off a Pi, whether or not this machine has it."""
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+
+
+def test_missing_picamera2_module_is_unavailable(no_picamera2_module: None) -> None:
     source = make_source(picamera2_class=None)
     with pytest.raises(SourceUnavailable) as caught:
         source.open()
@@ -389,8 +443,7 @@ def test_camera_present_when_listing_fails() -> None:
     assert not present and "failed to start camera manager" in reason
 
 
-@pytest.mark.skipif(PICAMERA2_INSTALLED, reason="picamera2 is installed here")
-def test_camera_present_without_picamera2_module() -> None:
+def test_camera_present_without_picamera2_module(no_picamera2_module: None) -> None:
     present, reason = camera_present()
     assert not present and "picamera2" in reason
 

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from pi_daemon.capture import LatestFrameSlot, RetryPolicy
-from pi_daemon.classifier import Prediction
 from pi_daemon.errors import EX_UNAVAILABLE
-from pi_daemon.preprocess import Frame
+from pi_daemon.frame import Frame
+from pi_daemon.prediction import Prediction
 from pi_daemon.results import Result, StageTimes, Summary
 from pi_daemon.sinks.jsonl import JsonlSink
 from pi_daemon.sinks.log import LogSink
 from tests.conftest import TEST_MODELS, assert_one_line_error
 from tests.mjpeg_server import MjpegServer
+from tests.test_sinks import IDENTITY, make_hub, record_of
 
 TINY_MODEL = f"""
 [model]
@@ -58,7 +59,10 @@ events_file = "{events}"
     assert monotonic == sorted(monotonic)
     # The video cycles coffee, chelsea, rocket, astronaut: the bundled model sees it.
     assert results[0]["top"][0]["label"] == "espresso"
-    assert records[-1]["type"] == "summary" and records[-1]["frames"] == 30
+    # The final summary, then the stop event: nothing is left undelivered at the end.
+    final, stop = records[-2:]
+    assert final["type"] == "summary" and final["frames"] == 30
+    assert stop["type"] == "stop" and stop["frames"] == 30 and stop["exit_code"] == 0
     assert "source ended after 30 frames" in result.stderr
     assert "ready: first frame classified as espresso" in result.stderr
 
@@ -78,6 +82,8 @@ source = "files"
 paths = ["{photos["coffee"]}"]
 [output]
 log_score_threshold = 0.5
+[rules]
+journal_results = "changes"
 """)
     result = cli("run", "--config", str(config), "--max-frames", "40")
     assert result.returncode == 0, result.stderr
@@ -116,7 +122,9 @@ def test_stream_that_stalls_then_vanishes_exits_69_keeping_results(cli, write_co
     results = [r for r in records if r["type"] == "result"]
     # A stream is live: a frame the loop was too busy for is dropped, and counted.
     summaries = [r for r in records if r["type"] == "summary"]
-    assert records[-1]["type"] == "summary"
+    # The final summary, then the error the daemon exits with.
+    assert [r["type"] for r in records[-2:]] == ["summary", "error"], records[-3:]
+    assert records[-1]["exit_code"] == EX_UNAVAILABLE
     assert len(results) + sum(s["dropped_frames"] for s in summaries) == 20
     assert results[-1]["frame_id"] == 20
     assert events.read_text().endswith("\n")
@@ -186,9 +194,10 @@ def _result(i: int, label: str = "cat", score: float = 0.9) -> Result:
 
 def test_jsonl_rotates_by_size_and_keeps_backups(tmp_path):
     path = tmp_path / "ev.jsonl"
-    sink = JsonlSink(path, max_bytes=4096, backup_count=2)
+    sink = JsonlSink(path, max_bytes=4096, backup_count=2, identity=IDENTITY)
+    hub = make_hub(sink.on_event)
     for i in range(200):
-        sink.on_result(_result(i))
+        record_of(hub, _result(i))
     sink.close()
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["ev.jsonl", "ev.jsonl.1", "ev.jsonl.2"]
@@ -203,8 +212,8 @@ def test_jsonl_rotates_by_size_and_keeps_backups(tmp_path):
 def test_jsonl_starts_a_fresh_line_after_a_crash(tmp_path):
     path = tmp_path / "ev.jsonl"
     path.write_text('{"type":"result","frame_id":1}\n{"type":"res')  # killed mid-write
-    sink = JsonlSink(path, max_bytes=1 << 20, backup_count=1)
-    sink.on_summary(Summary(0.0, 1.0, 1, 1.0, 1.0, 1.0, 0))
+    sink = JsonlSink(path, max_bytes=1 << 20, backup_count=1, identity=IDENTITY)
+    record_of(make_hub(sink.on_event), Summary(0.0, 1.0, 1, 1.0, 1.0, 1.0, 0))
     sink.close()
     lines = path.read_text().splitlines()
     assert json.loads(lines[0])["frame_id"] == 1
@@ -216,11 +225,12 @@ def test_jsonl_unwritable_path_is_a_config_error(tmp_path):
 
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match=r"output\.events_file"):
-        JsonlSink(tmp_path / "file" / "ev.jsonl", 4096, 1)
+        JsonlSink(tmp_path / "file" / "ev.jsonl", 4096, 1, IDENTITY)
 
 
 def test_log_sink_logs_label_changes_and_threshold_crossings(caplog):
-    sink = LogSink(score_threshold=0.5)
+    sink = LogSink(score_threshold=0.5, identity=IDENTITY)
+    hub = make_hub(sink.on_event)
     sequence = [
         ("cat", 0.9),
         ("cat", 0.95),
@@ -232,7 +242,7 @@ def test_log_sink_logs_label_changes_and_threshold_crossings(caplog):
     ]
     with caplog.at_level(logging.INFO, logger="pi_daemon.results"):
         for i, (label, score) in enumerate(sequence, 1):
-            sink.on_result(_result(i, label, score))
+            record_of(hub, _result(i, label, score))
     logged = [(r.FRAME_ID, r.LABEL) for r in caplog.records]
     assert logged == [(1, "cat"), (3, "cat"), (5, "dog"), (6, "dog")]
     assert all(r.PI_DAEMON_EVENT == "result" for r in caplog.records)

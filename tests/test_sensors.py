@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from pi_daemon.config import SensorsSection, parse_config
-from pi_daemon.governor import READING_KEYS, readings_for_decision
+from pi_daemon.readings import SUMMARY_FIELDS, Readings
 from pi_daemon.sensors import (
-    Readings,
     Sensors,
     SensorUnavailable,
     find_hwmon,
@@ -90,6 +90,31 @@ def test_garbage_temperature_is_unavailable(
     [record] = unavailable_records(caplog, "cpu_temp")
     assert record.levelno == logging.WARNING
     assert str(files["thermal"]) in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda p: os.mkfifo(p) or p, "not a regular file (a FIFO)"),
+        (lambda p: Path("/dev/zero"), "not a regular file (a character device)"),
+        (lambda p: p.mkdir() or p, "not a regular file (a directory)"),
+        (lambda p: (p.write_text("5" * 100_000), p)[1], "larger than 65536 bytes"),
+    ],
+    ids=["fifo", "dev-zero", "directory", "huge"],
+)
+def test_special_or_huge_sensor_files_are_unavailable_at_once(
+    files: dict[str, Path], caplog: pytest.LogCaptureFixture, make, fragment: str
+) -> None:
+    """A FIFO would block open() forever, /dev/zero would be read until memory runs out."""
+    path = make(files["thermal"])
+    sensors = sensors_for(files, thermal_path=str(path), meminfo_path=str(path))
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="pi_daemon"):
+        readings = sensors.read(0.0)
+    assert time.monotonic() - started < 2
+    assert readings.cpu_temp_c is None and readings.mem_available_bytes is None
+    [record] = unavailable_records(caplog, "cpu_temp")
+    assert fragment in record.getMessage(), record.getMessage()
 
 
 def test_missing_sensor_is_logged_once_then_again_when_it_returns(
@@ -299,12 +324,107 @@ def test_bad_pressure_is_unavailable(text: str) -> None:
 # -- what the governor passes on -------------------------------------------------------------
 
 
-def test_decision_readings_use_the_stable_keys_and_omit_unavailable() -> None:
+def test_summary_readings_use_the_stable_keys_and_omit_unavailable() -> None:
     readings = Readings(cpu_temp_c=61.5, swap_out_per_s=3.0, rss_bytes=5, undervoltage=False)
-    assert readings_for_decision(readings) == {
+    assert readings.summary_fields() == {
         "cpu_temp_c": 61.5,
         "rss_bytes": 5,
         "undervoltage": False,
     }
     full = Readings(*range(1, 11))
-    assert set(readings_for_decision(full)) == set(READING_KEYS)
+    assert set(full.summary_fields()) == set(SUMMARY_FIELDS)
+
+
+# -- a hanging sensor never blocks the loop --------------------------------------------------
+
+
+def hanging_vcgencmd(folder: Path) -> Path:
+    """A vcgencmd that logs when it starts, then hangs (a firmware mailbox that never answers)."""
+    script = folder / "vcgencmd"
+    script.write_text(
+        f'#!/bin/sh\necho "$(date +%s.%N)" >> "{folder / "started.log"}"\nexec sleep 60\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_the_governor_answers_at_once_while_vcgencmd_hangs(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from pi_daemon.config import parse_config
+    from pi_daemon.governor import FIRST_READING_WAIT_S, SensorGovernor
+    from pi_daemon.throttle import ThrottlePolicy
+
+    files["thermal"].write_text("50000\n")
+    script = hanging_vcgencmd(tmp_path)
+    sensors = sensors_for(
+        files, vcgencmd_enabled=True, vcgencmd_path=str(script), vcgencmd_interval_s=1.0
+    )
+    governor = SensorGovernor(sensors, ThrottlePolicy(parse_config({}).throttle), 0.1)
+    try:
+        started = time.perf_counter()
+        governor.poll(time.monotonic())  # starts the sensor thread; waits for one reading
+        first = time.perf_counter() - started
+        slowest = 0.0
+        until = time.monotonic() + 5  # vcgencmd hangs 2 s, backs off 2 s, hangs again
+        while time.monotonic() < until:
+            started = time.perf_counter()
+            governor.poll(time.monotonic())
+            slowest = max(slowest, time.perf_counter() - started)
+            time.sleep(0.01)
+        runs = (tmp_path / "started.log").read_text().splitlines()
+    finally:
+        governor.close()
+    assert len(runs) >= 2, runs
+    assert first <= FIRST_READING_WAIT_S + 0.3, first  # bounded, even for the first
+    assert slowest < 0.05, slowest
+
+
+def test_a_hung_vcgencmd_is_backed_off(files: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    import pi_daemon.sensors as sensors_module
+
+    monkeypatch.setattr(sensors_module, "VCGENCMD_TIMEOUT_S", 0.2)
+    script = hanging_vcgencmd(tmp_path)
+    sensors = sensors_for(
+        files, vcgencmd_enabled=True, vcgencmd_path=str(script), vcgencmd_interval_s=1.0
+    )
+    for now in range(0, 8):  # without backoff: a call every second
+        assert sensors.read(float(now)).throttled_flags is None
+    starts = (tmp_path / "started.log").read_text().splitlines()
+    assert len(starts) == 3, starts  # at 0 s, then after 2 s and 4 s of backoff: 0, 2, 6
+
+
+def test_the_daemon_keeps_its_frame_rate_while_vcgencmd_hangs(tmp_path: Path) -> None:
+    """The real daemon at 20 fps with a vcgencmd that hangs for its whole 2 s timeout every
+    time it runs: frames keep coming while it hangs (they used to stop for the 2 s)."""
+    from tests.test_notify import DaemonProcess, read_events, write_config
+
+    script = hanging_vcgencmd(tmp_path)
+    config = write_config(
+        tmp_path,
+        fps=20,
+        extra=f'[sensors]\nvcgencmd_enabled = true\nvcgencmd_path = "{script}"\n'
+        "vcgencmd_interval_s = 1.0\npoll_interval_s = 0.2\n",
+    )
+    daemon = DaemonProcess(config, {})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            starts = (
+                (tmp_path / "started.log").read_text().split()
+                if (tmp_path / "started.log").exists()
+                else []
+            )
+            if len(starts) >= 2 and time.time() > float(starts[1]) + 2.5:
+                break
+            time.sleep(0.2)
+        code, _ = daemon.stop()
+    finally:
+        daemon.kill()
+    assert code == 0, daemon.log()
+    assert "vcgencmd: no answer in 2 s" in daemon.log()
+    times = [e["time"] for e in read_events(tmp_path) if e["type"] == "result"]
+    for started in map(float, starts[:2]):
+        # While vcgencmd hangs (it is killed after 2 s): 20 fps would be ~32 frames here.
+        during = [t for t in times if started + 0.2 <= t <= started + 1.8]
+        assert len(during) >= 8, (started, len(during), daemon.log())

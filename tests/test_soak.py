@@ -15,11 +15,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SOAK = REPO / "benchmarks" / "soak.py"
+DURATION_S = float(os.environ.get("PI_DAEMON_SOAK_SECONDS", "180"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DURATION_S + 180)
 def test_short_soak_shows_no_growth() -> None:
-    duration = float(os.environ.get("PI_DAEMON_SOAK_SECONDS", "180"))
+    duration = DURATION_S
     warmup = duration / 3
     command = [sys.executable, str(SOAK), "--duration", str(duration), "--warmup", str(warmup)]
     done = subprocess.run(
@@ -33,7 +35,8 @@ def test_short_soak_shows_no_growth() -> None:
     report = json.loads(done.stdout)
     assert report["exit_code"] == 0, report
     assert report["samples"] >= 10
-    assert report.get("frames", 1) > 0
+    # The daemon really classified all along (scraped from its own frames counter).
+    assert report["frames"] > 0 and report["fps"] > 0, report
     # No growth trend: what the soak script itself enforces, asserted here with figures.
     assert report["rss_drift_mib"] <= 2.0, report
     assert not report["fds_grew"], report

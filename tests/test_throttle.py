@@ -8,7 +8,7 @@ import pytest
 
 from pi_daemon.config import ThrottleSection, parse_config
 from pi_daemon.errors import ConfigError
-from pi_daemon.sensors import Readings
+from pi_daemon.readings import Readings
 from pi_daemon.throttle import MIB, ThrottleDecision, ThrottlePolicy
 
 # Exact-threshold tables need raw readings and no dwell; dwell and smoothing get their own.
@@ -118,7 +118,84 @@ def test_a_dwell_held_state_says_so_in_its_reason() -> None:
     p = policy(min_dwell_s=30.0)
     decisions = feed(p, [(0, Readings(cpu_temp_c=79.0)), (5, Readings(cpu_temp_c=50.0))])
     assert decisions[1].state == "critical"
-    assert "held for min_dwell_s" in decisions[1].reason
+    assert decisions[1].reason == "readings within limits (state held for min_dwell_s 30 s)"
+
+
+def test_the_reason_ranks_conditions_most_severe_first() -> None:
+    decision = policy().update(
+        Readings(cpu_temp_c=72.0, undervoltage=True, mem_available_bytes=50 * MIB), 0.0
+    )
+    assert decision.reason == ("available memory 50 MiB; under-voltage alarm; temperature 72.0 °C")
+    flags = policy().update(Readings(throttled_flags=0x50005), 0.0)
+    assert flags.reason == "firmware throttle flags 0x5"
+
+
+# -- smoothing of the warm/hot label ---------------------------------------------------------
+
+
+def test_the_label_average_follows_its_time_constant_exactly() -> None:
+    """smoothed += (t - smoothed) * step / (label_smoothing_s + step): from 72 °C, readings
+    of 78.9 every 5 s with a 10 s constant reach 78 (hot) at the sixth, not the fifth
+    (78.9 - 6.9 * (2/3)^n: 77.99 after five, 78.29 after six)."""
+    p = ThrottlePolicy(ThrottleSection(min_dwell_s=0.0, label_smoothing_s=10.0))
+    steps = [(0.0, 72.0)] + [(5.0 * n, 78.9) for n in range(1, 8)]
+    states = [p.update(Readings(cpu_temp_c=t), now).state for now, t in steps]
+    assert states == ["warm"] * 6 + ["hot"] * 2
+
+
+def test_a_one_second_constant_still_smooths() -> None:
+    p = ThrottlePolicy(ThrottleSection(min_dwell_s=0.0, label_smoothing_s=1.0))
+    # 72 + 6.5 * 1 / (1 + 1) = 75.25: still warm; unsmoothed it would be hot.
+    assert [p.update(Readings(cpu_temp_c=t), now).state for now, t in ((0, 72.0), (1, 78.5))] == [
+        "warm",
+        "warm",
+    ]
+
+
+def test_readings_at_the_same_instant_are_taken_as_they_are() -> None:
+    """A zero time step (two polls in one monotonic tick) must not divide by zero."""
+    for smoothing in (0.0, 10.0):
+        p = ThrottlePolicy(ThrottleSection(min_dwell_s=0.0, label_smoothing_s=smoothing))
+        p.update(Readings(cpu_temp_c=72.0), 5.0)
+        assert p.update(Readings(cpu_temp_c=72.5), 5.0).state == "warm"
+
+
+# -- a sensor that comes and goes ------------------------------------------------------------
+
+
+def test_a_temperature_that_returns_starts_afresh() -> None:
+    """After a gap in the readings nothing of the old heat is held over: not the critical
+    latch, the band, the average or the integrator (and none of it may break the update)."""
+    for smoothing in (0.0, 10.0):
+        config = ThrottleSection(min_dwell_s=0.0, label_smoothing_s=smoothing)
+        p = ThrottlePolicy(config)
+        # Ten seconds over the setpoint wind the integrator up, then a critical reading.
+        feed(p, [(float(t), Readings(cpu_temp_c=77.5)) for t in range(10)])
+        feed(p, [(10.0, Readings(cpu_temp_c=79.5)), (11.0, Readings(cpu_temp_c=None))])
+        # 78 °C is within the hysteresis of critical (79 - 2): latched, it would stay paused.
+        back = p.update(Readings(cpu_temp_c=78.0), 12.0)
+        assert (back.state, back.pause) == ("hot", False)
+        # Only the one second since the gap is integrated: 0.01 * 2 °C * 1 s.
+        boost = config.integral_gain * 2.0 * 1.0 + config.proportional_gain * 2.0
+        assert back.min_interval_s == pytest.approx(config.start_interval_s * math.exp(boost))
+
+
+def test_memory_that_returns_between_floor_and_resume_is_not_low() -> None:
+    steps = [
+        (0.0, Readings(mem_available_bytes=50 * MIB)),
+        (1.0, Readings(mem_available_bytes=None)),
+        (2.0, Readings(mem_available_bytes=120 * MIB)),
+    ]
+    assert [d.state for d in feed(policy(min_dwell_s=0.0), steps)] == [
+        "critical",
+        "normal",
+        "normal",
+    ]
+
+
+def test_a_zero_resume_rate_is_not_busy_before_any_swap_in() -> None:
+    p = policy(swap_in_resume_per_s=0.0)
+    assert p.update(Readings(swap_in_per_s=0.0), 0.0).state == "normal"
 
 
 # -- the thermal controller ------------------------------------------------------------------
@@ -148,6 +225,17 @@ def test_integral_stretches_while_above_setpoint_and_relaxes_below() -> None:
     assert above == sorted(above) and above[-1] > above[0] * 1.5
     below = [p.update(Readings(cpu_temp_c=74.0), 60.0 + i).min_interval_s for i in range(200)]
     assert below[0] < above[-1] and below[-1] == 0.0
+
+
+def test_the_integrator_adds_gain_times_error_times_elapsed_time() -> None:
+    """Updates every 0.25 s for 20 s at 1 °C over the setpoint: the integral is
+    integral_gain * 1 * 20 = 0.2 however finely the time is sliced."""
+    config = ThrottleSection(**RAW)
+    p = ThrottlePolicy(config)
+    for i in range(81):
+        decision = p.update(Readings(cpu_temp_c=77.0), i * 0.25)
+    boost = config.integral_gain * 1.0 * 20.0 + config.proportional_gain * 1.0
+    assert decision.min_interval_s == pytest.approx(config.start_interval_s * math.exp(boost))
 
 
 def test_a_long_gap_between_updates_winds_the_integrator_at_most_max_step() -> None:
@@ -225,6 +313,16 @@ def test_swap_stretch_ends_below_the_resume_rate() -> None:
     assert on[0] and not on[-1]
     first_off = on.index(False)
     assert 40 <= first_off <= 47  # 200 * (60 - k) / 60 < 50 from k = 45 or so
+
+
+def test_the_swap_window_counts_pages_by_elapsed_time() -> None:
+    """Polls every 2 s at 120 pages/s: 240 pages each, 120/s over the window (limit 100)."""
+    p = policy()
+    decisions = [p.update(Readings(swap_in_per_s=120.0), 2.0 * i) for i in range(31)]
+    assert decisions[-1].state == "warm" and decisions[-1].min_interval_s >= 1.0
+    assert decisions[-1].reason == "swap-in 120 pages/s over 60 s"
+    # 24 polls of 240 pages in: 5760 / 60 = 96 pages/s; the 25th makes it exactly 100.
+    assert (decisions[24].state, decisions[25].state) == ("normal", "warm")
 
 
 @pytest.mark.parametrize(

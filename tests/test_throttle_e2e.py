@@ -175,8 +175,13 @@ label_smoothing_s = 0.0
         low = child.wait_for("throttle", THROTTLE_STATE="critical")
         assert "available memory 50 MiB" in low["THROTTLE_REASON"]
         write_atomically(sensor_files["meminfo"], MEMINFO.format(kb=PLENTY_KB, free=102396))
-        child.wait_for("throttle", THROTTLE_STATE="normal")
-        time.sleep(0.5)  # a few frames after the resume
+        resumed = child.wait_for("throttle", THROTTLE_STATE="normal")
+        # Classification resumes: a result after the resume (bounded wait, not a fixed sleep).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+            t > resumed["monotonic"] for t in result_times(events)
+        ):
+            time.sleep(0.1)
     finally:
         code, stderr = child.stop()
     assert code == 0, stderr
@@ -187,13 +192,21 @@ label_smoothing_s = 0.0
     assert sorted(r["SENSOR"] for r in missing) == ["memory_pressure", "undervoltage"]
     assert all(r["level"] == "INFO" for r in missing)
 
-    results = [
-        json.loads(line)["monotonic"]
-        for line in events.read_text().splitlines()
-        if json.loads(line)["type"] == "result"
-    ]
+    results = result_times(events)
     # A frame already in the interpreter may finish just after the pause began.
     during_pause = [t for t in results if critical["monotonic"] + 0.3 < t < normal["monotonic"]]
     assert during_pause == []
     assert any(t < hot["monotonic"] for t in results)
     assert any(t > normal["monotonic"] for t in results)
+    assert any(t > resumed["monotonic"] for t in results)
+
+
+def result_times(events: Path) -> list[float]:
+    """Monotonic times of the results in the events file (whole lines only)."""
+    if not events.exists():
+        return []
+    return [
+        record["monotonic"]
+        for record in map(json.loads, events.read_text().splitlines())
+        if record["type"] == "result"
+    ]

@@ -7,21 +7,19 @@ import logging
 import queue
 import threading
 
-from pi_daemon.results import Result, Summary
+from pi_daemon.events import EventRecord
 
 log = logging.getLogger(__name__)
 
 
 class Sink(abc.ABC):
-    """Receives results and summaries. Methods run on the dispatcher thread."""
+    """Receives every event record, in sequence order. Methods run on the dispatcher
+    thread, never the inference loop's."""
 
     name = "sink"
 
     @abc.abstractmethod
-    def on_result(self, result: Result) -> None: ...
-
-    def on_summary(self, summary: Summary) -> None:  # noqa: B027 - optional hook
-        pass
+    def on_event(self, record: EventRecord) -> None: ...
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -60,7 +58,7 @@ class SinkDispatcher:
         self._thread = threading.Thread(target=self._run, name="sinks", daemon=True)
         self._thread.start()
 
-    def submit(self, event: Result | Summary) -> None:
+    def submit(self, event: EventRecord) -> None:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
@@ -84,13 +82,10 @@ class SinkDispatcher:
                 self._closing.wait(self.batch_interval_s)
 
     def _deliver(self, event: object) -> None:
+        assert isinstance(event, EventRecord)
         for sink in self.sinks:
             try:
-                if isinstance(event, Result):
-                    sink.on_result(event)
-                else:
-                    assert isinstance(event, Summary)
-                    sink.on_summary(event)
+                sink.on_event(event)
             except Exception:
                 log.exception("sink %s failed on an event", sink.name)
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from pi_daemon.config import Config
 from pi_daemon.errors import SourceUnavailable
@@ -19,10 +22,14 @@ DEFAULT_V4L2_DEVICE = "/dev/video0"
 
 
 def create_source(
-    config: Config, model_input_size: tuple[int, int], base_dir: Path | None = None
+    config: Config,
+    model_input_size: tuple[int, int],
+    base_dir: Path | None = None,
+    prescale: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> FrameSource:
-    """Build (but do not open) the source that config asks for."""
-    kind = config.source
+    """Build (but do not open) the source that config asks for. `prescale` fits still
+    images to the model's geometry once (the files source)."""
+    kind: str = config.source
     if kind == "auto":
         kind = _auto_kind()
         log.info("source = auto: using %s", kind)
@@ -46,7 +53,7 @@ def create_source(
     from pi_daemon.sources.files import FilesSource
 
     paths = [resolve_relative(p, base_dir) for p in config.files.paths]
-    return FilesSource(paths, loop=config.files.loop, fps=config.files.fps)
+    return FilesSource(paths, loop=config.files.loop, fps=config.files.fps, prescale=prescale)
 
 
 def lores_size_for(main_size: tuple[int, int], model_size: tuple[int, int]) -> tuple[int, int]:

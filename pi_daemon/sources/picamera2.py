@@ -28,6 +28,13 @@ python3-picamera2 on Bookworm, unless said otherwise):
   came back 768 wide in raspberrypi/picamera2#1182). The U and V planes have
   stride/2, so the padding cannot be removed by slicing columns: `_unpad_i420`
   repacks the planes.
+- Each capture call queues a Job; the camera's event loop serves jobs first come first
+  served, one completed request (frame) each (`dispatch_functions`, `capture_array_`).
+  So a main-stream still taken beside the capture thread's lores reads costs that
+  thread one frame, and shows the frame after the one being classified.
+- `cancel_all_and_flush()` cancels *every* queued job, whichever thread waits on it:
+  those waiters get `concurrent.futures.CancelledError` (`Job.cancel` in job.py).
+  `snapshot()` therefore never flushes, and treats a cancellation as a failed still.
 - `close()` returns early when not open, so calling it twice is safe.
 - "FrameRate" is a virtual control mapped to FrameDurationLimits
   (picamera2/controls.py @ 9c44552).
@@ -37,12 +44,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
+from concurrent.futures import CancelledError
 from typing import Any
 
 import numpy as np
 
 from pi_daemon.errors import SourceUnavailable
-from pi_daemon.preprocess import Frame
+from pi_daemon.frame import Frame
 from pi_daemon.sources.base import FrameSource, SourceError
 
 log = logging.getLogger(__name__)
@@ -50,8 +59,9 @@ log = logging.getLogger(__name__)
 #: Few buffers keep CMA use low; picamera2's video default of 6 exhausted CMA for
 #: users (raspberrypi/picamera2#972). With queue=True one buffer is held back.
 BUFFER_COUNT = 4
-#: We never read the main stream; YUV420 is the cheapest format (12 bits/pixel
-#: against 32 for picamera2's default XBGR8888), which saves CMA.
+#: The main stream is read only for event snapshots; YUV420 is the cheapest format
+#: (12 bits/pixel against 32 for picamera2's default XBGR8888), which saves CMA, and
+#: the JPEG encoder takes YCbCr as it is.
 MAIN_FORMAT = "YUV420"
 #: On a Pi 4 (VC4) the lores stream must be YUV.
 LORES_FORMAT = "YUV420"
@@ -83,7 +93,7 @@ def _unpad_i420(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     rows, stride = pixels.shape
     if rows != height * 3 // 2 or stride < width:
         raise SourceError(
-            f"lores array has shape {pixels.shape}, expected ({height * 3 // 2}, >= {width})"
+            f"YUV420 array has shape {pixels.shape}, expected ({height * 3 // 2}, >= {width})"
         )
     if stride == width:
         return pixels
@@ -141,7 +151,7 @@ def _import_picamera2(camera_num: int) -> type:
     return Picamera2
 
 
-def _list_cameras(picamera2_class: type) -> list[dict[str, Any]]:
+def _list_cameras(picamera2_class: Any) -> list[dict[str, Any]]:
     return list(picamera2_class.global_camera_info())
 
 
@@ -191,6 +201,10 @@ class Picamera2Source(FrameSource):
         self.main_size, self.lores_size = clamp_lores_size(main_size, lores_size)
         self.frame_rate = frame_rate
         self.capture_timeout_s = capture_timeout_s
+        # A capture waits for the next frame: at a slow frame rate that is longer than
+        # capture_timeout_s, and must not count as a failure.
+        self.frame_interval_s = 1.0 / frame_rate
+        self.read_timeout_s = max(capture_timeout_s, 2 * self.frame_interval_s)
         self._picamera2_class = picamera2_class
         self._camera: Any = None
         self._where = f"picamera2 camera {camera_num}"
@@ -270,6 +284,10 @@ class Picamera2Source(FrameSource):
         if actual is not None and tuple(actual) != self.lores_size:
             log.warning("libcamera adjusted lores %dx%d to %dx%d", *self.lores_size, *actual)
             self.lores_size = (int(actual[0]), int(actual[1]))
+        actual = camera.stream_configuration("main").get("size")
+        if actual is not None and tuple(actual) != self.main_size:
+            log.info("libcamera adjusted main %dx%d to %dx%d", *self.main_size, *actual)
+            self.main_size = (int(actual[0]), int(actual[1]))
         camera.start()
 
     def _warn_if_aspect_differs(self) -> None:
@@ -293,7 +311,7 @@ class Picamera2Source(FrameSource):
         camera = self._camera
         if camera is None:
             raise SourceError(f"{self._where}: source is closed")
-        wait = max(MIN_WAIT_S, min(timeout, self.capture_timeout_s))
+        wait = max(MIN_WAIT_S, min(timeout, self.read_timeout_s))
         try:
             pixels = camera.capture_array("lores", wait=wait)
         except TimeoutError as exc:
@@ -305,6 +323,38 @@ class Picamera2Source(FrameSource):
             raise SourceError(f"{self._where}: capture_array returned {type(pixels).__name__}")
         width, height = self.lores_size
         return self._frame(_unpad_i420(pixels, width, height), "YUV420")
+
+    def snapshot(self, frame_id: int | None = None, timeout: float = 2.0) -> Frame:
+        """A still from the main stream (main_size, planar YUV420), not the small lores.
+
+        It is the next frame the camera delivers, taken while the capture thread goes on
+        reading lores (which then skips that one frame); `frame_id` is ignored and the
+        Frame carries the id of the newest lores frame read before it. Raises SourceError
+        when the camera is closed, stalls past `timeout` (the job is left queued: a flush
+        would cancel the capture thread's read too) or fails.
+        """
+        camera = self._camera
+        if camera is None:
+            raise SourceError(f"{self._where}: source is closed")
+        wait = max(MIN_WAIT_S, min(timeout, self.capture_timeout_s))
+        try:
+            pixels = camera.capture_array("main", wait=wait)
+        except TimeoutError as exc:
+            raise SourceError(f"{self._where}: no main-stream still within {wait:.2f} s") from exc
+        except CancelledError as exc:
+            raise SourceError(f"{self._where}: main-stream still cancelled by a flush") from exc
+        except (RuntimeError, OSError) as exc:
+            raise SourceError(f"{self._where}: still capture failed: {_describe(exc)}") from exc
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 2 or pixels.dtype != np.uint8:
+            raise SourceError(f"{self._where}: capture_array returned {type(pixels).__name__}")
+        width, height = self.main_size
+        return Frame(
+            _unpad_i420(pixels, width, height),
+            "YUV420",
+            self.last_frame_id,
+            time.time(),
+            time.monotonic(),
+        )
 
     @staticmethod
     def _flush(camera: Any) -> None:

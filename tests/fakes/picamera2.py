@@ -27,13 +27,22 @@ Mimicked from raspberrypi/picamera2 `picamera2/picamera2.py` at commit ec9ab36
   fake gives up after `max_block_s` with an AssertionError (a test bug, not a
   behaviour); a falsy `wait` (0/False) returns a Job, as `dispatch_functions`
   does. Before start() no frames ever arrive, so it times out like the real one.
-  A timed-out job stays queued (`pending_jobs`) until `cancel_all_and_flush()`.
+- Capture calls queue a Job that the event loop serves first come first served, one
+  frame each, from whichever stream was named (`capture_array_` pops one completed
+  request). A timed-out job stays queued (`pending_jobs`) and, once frames flow
+  again, eats the next frame before any later job is served. `cancel_all_and_flush()`
+  cancels every queued job, including those another thread is still waiting on: that
+  waiter gets `concurrent.futures.CancelledError` (`Job.cancel`, job.py). Served
+  stream names are recorded in `captures`.
 - YUV420 arrays are (h*3/2, stride) with the stride padding left in, Y rows
   `stride` wide and U/V rows stride/2 (`Helpers.make_array`); the stride is
   rounded up to 64 pixels, the optimal YUV420 alignment in the picamera2 manual
   (real strides come from the kernel driver and may be larger,
   raspberrypi/picamera2#1182). Padding bytes are junk (0x00/0xFF) so a wrong
   crop shows up as wrong colours.
+- libcamera's `validate()` may adjust a stream's size ("Adjusted"); `configure()` then
+  writes the final size, stride and framesize back into the configuration dict
+  (`_update_stream_config`). Set `libcamera_adjusts = {"lores": (w, h)}` to model it.
 - `stop()` and `close()` return early when there is nothing to do, so both are
   idempotent; `__exit__` calls `close()`.
 
@@ -45,6 +54,7 @@ the same matrix COLOR_YUV2RGB_I420 inverts).
 from __future__ import annotations
 
 import threading
+from concurrent.futures import CancelledError
 from typing import Any, ClassVar
 
 import cv2
@@ -105,6 +115,15 @@ def pad_i420(i420: np.ndarray, width: int, height: int, stride: int) -> np.ndarr
     return buffer.reshape(height * 3 // 2, stride)
 
 
+class _QueuedJob:
+    """A capture waiting in the fake's event-loop queue."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.cancelled = False
+        self.abandoned = False  # its caller timed out; it still takes a frame when served
+
+
 class FakeJob:
     """What the real capture methods return for a falsy `wait` (picamera2/job.py)."""
 
@@ -139,6 +158,8 @@ class FakePicamera2:
     #: Exceptions to raise from configure()/start(), to simulate ENOMEM and friends.
     fail_configure: ClassVar[BaseException | None] = None
     fail_start: ClassVar[BaseException | None] = None
+    #: Sizes libcamera's validate() substitutes for a stream, by name ("Adjusted").
+    libcamera_adjusts: ClassVar[dict[str, tuple[int, int]]] = {}
     #: Cap on a wait=None block; the real one would hang forever.
     max_block_s: ClassVar[float] = 5.0
     #: Camera numbers currently acquired in this process (libcamera's exclusive lock).
@@ -156,6 +177,7 @@ class FakePicamera2:
         FakePicamera2.picture = None
         FakePicamera2.fail_configure = None
         FakePicamera2.fail_start = None
+        FakePicamera2.libcamera_adjusts = {}
         FakePicamera2.max_block_s = 5.0
 
     @staticmethod
@@ -175,10 +197,15 @@ class FakePicamera2:
         self._hang = False
         #: An exception capture_array raises instead of returning a frame.
         self.fail_capture: BaseException | None = None
-        #: Timed-out capture jobs still queued in the real event loop.
-        self.pending_jobs = 0
         self.close_calls = 0
-        self._frames_arrive = threading.Event()  # set while frames flow (started, not hung)
+        #: The stream each served capture read from, in order ("lores", "main", ...).
+        self.captures: list[str] = []
+        # _flow's lock protects _flowing and _jobs: the queue of capture jobs, oldest first.
+        self._flow = threading.Condition()
+        self._flowing = False  # frames arrive (started and not hung)
+        self._jobs: list[_QueuedJob] = []
+        #: Every `wait` capture_array was given, in order.
+        self.waits: list[Any] = []
         FakePicamera2.instances.append(self)
         try:
             self._open_camera()
@@ -330,6 +357,7 @@ class FakePicamera2:
         for name in ("main", "lores", "raw"):
             stream = camera_config[name]
             if stream is not None and name != "raw":
+                stream["size"] = tuple(self.libcamera_adjusts.get(name, stream["size"]))
                 width, height = stream["size"]
                 stream["stride"] = self._stride(stream["format"], width)
                 rows = height * 3 // 2 if stream["format"] in ("YUV420", "YVU420") else height
@@ -383,17 +411,27 @@ class FakePicamera2:
         self._update_flow()
 
     def _update_flow(self) -> None:
-        if self.started and not self._hang:
-            self._frames_arrive.set()
-        else:
-            self._frames_arrive.clear()
+        with self._flow:
+            self._flowing = self.started and not self._hang
+            self._flow.notify_all()
+
+    @property
+    def pending_jobs(self) -> int:
+        """Jobs still queued whose caller gave up waiting (timed out)."""
+        with self._flow:
+            return sum(job.abandoned for job in self._jobs)
 
     def cancel_all_and_flush(self) -> None:
-        """Cancel queued jobs, as after a capture timed out."""
-        self.pending_jobs = 0
+        """Cancel every queued job, as after a capture timed out; their waiters raise."""
+        with self._flow:
+            for job in self._jobs:
+                job.cancelled = True
+            self._jobs = []
+            self._flow.notify_all()
 
     def capture_array(self, name="main", wait=None, signal_function=None) -> Any:
         """Make a 2d image from the next frame in the named stream."""
+        self.waits.append(wait)
         if wait is None:
             wait = signal_function is None
         if not wait:
@@ -401,14 +439,35 @@ class FakePicamera2:
             # case where a frame is ready.
             return FakeJob(self._next_array(name))
         timeout = None if wait is True else float(wait)
-        # Frames only arrive while started and not hung; a real capture_array queues a job
-        # for the event loop and waits on its Future.
-        if not self._frames_arrive.wait(self.max_block_s if timeout is None else timeout):
-            if timeout is None:
-                raise AssertionError("fake: capture_array(wait=None) would block forever")
-            self.pending_jobs += 1
-            raise TimeoutError()
+        limit = self.max_block_s if timeout is None else timeout
+        job = _QueuedJob(name)
+        with self._flow:
+            self._jobs.append(job)
+            # Frames only arrive while started and not hung; the event loop then serves
+            # the queue in order, one frame per job, so this job waits for those ahead.
+            served = self._flow.wait_for(lambda: job.cancelled or self._serve_until(job), limit)
+            if job.cancelled:
+                raise CancelledError()
+            if not served:
+                job.abandoned = True
+                if timeout is None:
+                    raise AssertionError("fake: capture_array(wait=None) would block forever")
+                raise TimeoutError()
         return self._next_array(name)
+
+    def _serve_until(self, job: _QueuedJob) -> bool:
+        """With _flow held: serve queued jobs up to `job` while frames flow; True once it is."""
+        while self._flowing and self._jobs:
+            head = self._jobs.pop(0)
+            if head is job:
+                return True
+            if head.abandoned:
+                self.frames += 1  # a stale job still takes a frame; nobody sees it
+            else:
+                self._jobs.insert(0, head)  # another live waiter is first: let it go
+                self._flow.notify_all()
+                return False
+        return False
 
     def _next_array(self, name: str) -> np.ndarray:
         if self.fail_capture is not None:
@@ -417,6 +476,7 @@ class FakePicamera2:
         if stream is None:
             raise RuntimeError(f"Stream {name!r} is not defined")
         self.frames += 1
+        self.captures.append(name)
         width, height = stream["size"]
         fmt = stream["format"]
         picture = self.picture if self.picture is not None else default_picture()
