@@ -487,8 +487,20 @@ exec nsenter --target={container.leader} {namespaces} -- /usr/bin/env -i {env} "
     return path
 
 
-def start(root: Path, name: str, workdir: Path, *, private_network: bool = True) -> Container:
-    """Start `systemd-nspawn -b` on `root` in a cgroup of its own; don't wait for boot."""
+def start(
+    root: Path,
+    name: str,
+    workdir: Path,
+    *,
+    private_network: bool = True,
+    network_namespace: Path | None = None,
+) -> Container:
+    """Start `systemd-nspawn -b` on `root` in a cgroup of its own; don't wait for boot.
+
+    Networking: by default a private network with only loopback (`--private-network`);
+    with `network_namespace` (a /run/netns file, tests/system/fleetnet.py) the container
+    runs in that namespace instead, on the network the test built there.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     slot = CgroupSlot(f"{CGROUP_PREFIX}-{os.getpid()}-{name}")
     container = Container(name, root, workdir, slot)
@@ -504,7 +516,10 @@ def start(root: Path, name: str, workdir: Path, *, private_network: bool = True)
         "--link-journal=no",
         "--quiet",
     ]
-    if private_network:
+    if network_namespace is not None:
+        # nspawn refuses it together with --private-network (systemd-nspawn(1)).
+        argv.append(f"--network-namespace-path={network_namespace}")
+    elif private_network:
         argv.append("--private-network")
     try:
         with container.log_path.open("wb") as log:
@@ -534,18 +549,25 @@ def start(root: Path, name: str, workdir: Path, *, private_network: bool = True)
 
 
 def boot_all(
-    roots: Mapping[str, Path], workdir: Path, timeout: float = 120
+    roots: Mapping[str, Path],
+    workdir: Path,
+    timeout: float = 120,
+    network_namespaces: Mapping[str, Path] | None = None,
 ) -> tuple[dict[str, Container], float]:
     """Start several containers at once and wait until each has booted.
+
+    `network_namespaces` maps a container's name to the network namespace it runs in
+    (see `start`); the others get a private network of their own.
 
     Returns the containers (already closed again if booting any of them failed) and the
     seconds from the first start to the last finished boot.
     """
     started = time.monotonic()
     containers: dict[str, Container] = {}
+    namespaces = network_namespaces or {}
     try:
         for name, root in roots.items():
-            containers[name] = start(root, name, workdir)
+            containers[name] = start(root, name, workdir, network_namespace=namespaces.get(name))
         for container in containers.values():
             container.wait_booted(timeout)
             container.boot_seconds = time.monotonic() - started
