@@ -36,7 +36,18 @@ NUMBER_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 TRUE_TEXT = frozenset({"true", "yes", "on"})
 FALSE_TEXT = frozenset({"false", "no", "off"})
 
-TYPES = ("int", "float", "bool", "str", "path", "int_list", "str_list", "str_dict", "auto_bool")
+TYPES = (
+    "int",
+    "float",
+    "bool",
+    "str",
+    "path",
+    "int_list",
+    "str_list",
+    "str_dict",
+    "auto_bool",
+    "dict_list",
+)
 
 
 class Invalid(ValueError):
@@ -176,6 +187,13 @@ def check_value(value: Any, rule: Mapping[str, Any]) -> Any:
         if not all(isinstance(item, str) for item in items):
             raise Invalid("must be a list of strings")
         return [_string_rules(str(item), rule) for item in items]
+    if kind == "dict_list":
+        # Only the shape: what each mapping holds is the role's own check (e.g.
+        # pi_daemon_instances, filter_plugins/pi_daemon_instances.py).
+        items = _list(value, rule)
+        if not all(isinstance(item, Mapping) for item in items):
+            raise Invalid("must be a list of mappings")
+        return items
     if kind == "str_dict":
         if not isinstance(value, Mapping):
             raise Invalid("must be a mapping")
