@@ -161,32 +161,59 @@ def test_tflite_runtime_backend_is_refused_in_one_line_with_78(
 # --- The unit, by trixie's systemd 257 ---------------------------------------------------
 
 
+# The plain unit as the role installed it, and the template unit as the instance
+# pi-daemon@cam1.service: the repository's file copied for the check under that name into
+# the root filesystem's /tmp (removed again), since a host without instances has none.
+UNITS = {"plain": UNIT_PATH, "template": "/tmp/unit-check/pi-daemon@cam1.service"}
+
+
+@pytest.fixture(params=list(UNITS))
+def installed_unit(request: pytest.FixtureRequest, converged_trixie: ConvergedRootfs):
+    path = UNITS[request.param]
+    if request.param == "plain":
+        yield path, rf.REPO / "systemd" / "pi-daemon.service"
+        return
+    source = rf.REPO / "systemd" / "pi-daemon@.service"
+    copy = converged_trixie.root / path.lstrip("/")
+    copy.parent.mkdir(mode=0o755)
+    try:
+        copy.write_bytes(source.read_bytes())
+        yield path, source
+    finally:
+        copy.unlink(missing_ok=True)
+        copy.parent.rmdir()
+
+
 def test_systemd_257_verify_is_silent_on_the_installed_unit(
-    converged_trixie: ConvergedRootfs,
+    converged_trixie: ConvergedRootfs, installed_unit: tuple[str, Path]
 ) -> None:
     # The real installed paths: ExecStart's venv exists in this root filesystem.
-    result = rf.chroot_with_proc(converged_trixie.root, "systemd-analyze", "verify", UNIT_PATH)
+    path, _ = installed_unit
+    result = rf.chroot_with_proc(converged_trixie.root, "systemd-analyze", "verify", path)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
 
 
-def test_systemd_257_security_exposure_stays_low(converged_trixie: ConvergedRootfs) -> None:
+def test_systemd_257_security_exposure_stays_low(
+    converged_trixie: ConvergedRootfs, installed_unit: tuple[str, Path]
+) -> None:
+    path, source = installed_unit
     result = rf.chroot_with_proc(
         converged_trixie.root,
         "systemd-analyze",
         "security",
         "--offline=true",
         "--no-pager",
-        UNIT_PATH,
+        path,
     )
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     exposure = float(match.group(1))
-    TIMINGS["trixie: unit exposure (systemd 257)"] = str(exposure)
+    TIMINGS[f"trixie: {source.name} exposure (systemd 257)"] = str(exposure)
     assert exposure <= MAX_EXPOSURE, result.stdout
-    header = " ".join((rf.REPO / "systemd" / "pi-daemon.service").read_text().splitlines()[:6])
+    header = " ".join(source.read_text().splitlines()[:6])
     assert re.search(rf"exposure {re.escape(str(exposure))} [^;]*\b257\b", header), (
-        f"put systemd 257's exposure figure ({exposure}) in the unit's header comment"
+        f"put systemd 257's exposure figure ({exposure}) in {source.name}'s header comment"
     )
 
 
