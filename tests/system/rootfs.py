@@ -383,9 +383,9 @@ def wheelhouse_for(wheel: Path, cache: Path, suite: Suite = SUITES["bookworm"]) 
     return house
 
 
-# The extra whose dependencies the wheelhouse also holds, so that pip in the root
-# filesystem can install `pi-daemon[mqtt]` offline.
-WHEELHOUSE_EXTRA = "mqtt"
+# The extras whose dependencies the wheelhouse also holds, so that pip in the root
+# filesystem can install `pi-daemon[mqtt,metrics]` (a Pi in a fleet) offline.
+WHEELHOUSE_EXTRAS = ("mqtt", "metrics")
 
 
 def _requires_dist(wheel: Path) -> list[str]:
@@ -401,8 +401,8 @@ def _requires_dist(wheel: Path) -> list[str]:
         requirement = line.split(":", 1)[1].strip()
         if "extra ==" not in requirement:
             requires.append(requirement)
-        elif requirement.endswith(f'extra == "{WHEELHOUSE_EXTRA}"'):
-            # The role installs this extra when [mqtt] is on (pi_daemon_mqtt_enabled).
+        elif any(requirement.endswith(f'extra == "{extra}"') for extra in WHEELHOUSE_EXTRAS):
+            # The role installs these extras when [mqtt] or [metrics] is on.
             requires.append(requirement.split(";", 1)[0].strip())
     return requires
 
