@@ -100,7 +100,7 @@ def _problems_of_entry(
         where = f"pi_daemon_instances[{name}]"
         if name in RESERVED:
             problems.append(
-                f"{where}: the name {name!r} is reserved (one of {', '.join(RESERVED)}: "
+                f"{where}: the name {_shown(name)} is reserved (one of {', '.join(RESERVED)}: "
                 "the plain unit's config or state)"
             )
     else:

@@ -188,8 +188,8 @@ def test_an_instance_keeps_the_events_file_it_sets_and_the_host_can_turn_them_of
         ([{"name": "-cam"}], 'pi_daemon_instances[0].name="-cam": must be'),
         ([{"name": "x" * 33}], "pi_daemon_instances[0].name="),
         ([{}], "pi_daemon_instances[0].name=null: must be"),
-        ([{"name": "config"}], "pi_daemon_instances[config]: the name 'config' is reserved"),
-        ([{"name": "snapshots"}], "pi_daemon_instances[snapshots]: the name 'snapshots' is"),
+        ([{"name": "config"}], 'pi_daemon_instances[config]: the name "config" is reserved'),
+        ([{"name": "snapshots"}], 'pi_daemon_instances[snapshots]: the name "snapshots" is'),
         ([{"name": "cam1"}, {"name": "cam1"}], "pi_daemon_instances[cam1]: listed more than once"),
         ([{"name": "cam1", "camera": 0}], "pi_daemon_instances[cam1].camera: unknown key"),
         ([{"name": "cam1", "vars": ["x"]}], 'pi_daemon_instances[cam1].vars=["x"]: must be a'),
@@ -514,7 +514,7 @@ def test_bad_instances_stop_in_the_preflight_and_change_nothing(multicam: Multic
     assert run.recap[HOST]["changed"] == 0, run.changed_tasks()
     assert_says(
         run,
-        "pi_daemon_instances[config]: the name 'config' is reserved",
+        'pi_daemon_instances[config]: the name "config" is reserved',
         "pi_daemon_instances[cam1].vars.pi_daemon_mqtt_enabled: not a variable an instance",
         'pi_daemon_instances[2].name="Cam3": must be 1-32 lower-case',
         'pi_daemon_instances[cam4].vars.pi_daemon_picamera2_camera_num="one": must be a whole',
