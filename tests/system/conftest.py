@@ -9,7 +9,10 @@ The expensive things are built once per session and shared:
 * `converged_rootfs`: a root filesystem that `ansible/site.yml` has provisioned. Tests
   must not change it (clone it with `rootfs_factory.clone()` first, e.g. to boot it);
 * `rootfs_factory`: fresh or cloned root filesystems, removed at the end of the session
-  (set PI_DAEMON_KEEP_ROOTFS=1 to keep them for a post-mortem).
+  (set PI_DAEMON_KEEP_ROOTFS=1 to keep them for a post-mortem);
+* `converged_fleet`: a collector and a Pi (a clone of `converged_rootfs`) that one site.yml
+  run provisioned together, with the fleet CA and the generated passwords beside its
+  inventory. Clone them to boot them (test_fleet_collector.py).
 
 The same for Debian 13 trixie (Python 3.13, systemd 257; no dphys-swapfile in the
 minbase, as on a plain Debian host): `trixie_tarball`, `trixie_wheelhouse`,
@@ -23,6 +26,7 @@ skipped with the reason in the summary.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -251,3 +255,93 @@ def for_suite(request: pytest.FixtureRequest, suite: str) -> tuple[ConvergedRoot
     """The converged root filesystem and the factory of `suite` (built once per session)."""
     converged, factory = SUITE_FIXTURES[suite]
     return request.getfixturevalue(converged), request.getfixturevalue(factory)
+
+
+# --- A fleet: a collector and a Pi, converged together ---------------------------------------
+
+FLEET_COLLECTOR, FLEET_PI = "collector", "pi-a"
+# The fleet addresses their configs and certificates name in the chroot phase. Nothing
+# listens there in a chroot; a test that runs the collector's engines does so in a network
+# namespace of its own, where 127.0.0.1 is that namespace's loopback.
+FLEET_ADDRESSES = {FLEET_COLLECTOR: "127.0.0.1", FLEET_PI: "127.0.0.2"}
+POLICY_RC_D = Path("usr/sbin/policy-rc.d")
+
+
+def forbid_service_starts(root: Path) -> None:
+    """A policy-rc.d, as image builders use: package scripts start nothing in the chroot
+    (mosquitto and prometheus ship init scripts that would otherwise start them, on this
+    machine's network)."""
+    policy = root / POLICY_RC_D
+    policy.write_text(
+        "#!/bin/sh\n# tests/system: packages start no services in this root filesystem\nexit 101\n",
+        encoding="utf-8",
+    )
+    policy.chmod(0o755)
+
+
+def allow_service_starts(root: Path) -> None:
+    """Remove the policy-rc.d again (a clone that boots is a finished image)."""
+    (root / POLICY_RC_D).unlink(missing_ok=True)
+
+
+@dataclass
+class ConvergedFleet:
+    """A collector and a Pi provisioned together by one site.yml run over chroot.
+
+    Tests must not change them: read them, or clone them (`rootfs_factory.clone()`). The
+    CA and the generated passwords are on the "controller", beside the inventory.
+    """
+
+    collector: Path
+    pi: Path
+    inventory: Path
+    extra_vars: dict[str, object]
+    first: rf.PlaybookRun
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.inventory.parent / "fleet-ca"
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.inventory.parent / "fleet-credentials"
+
+    def run_playbook(self, *args: str) -> rf.PlaybookRun:
+        return rf.run_playbook(self.inventory, *args, extra_vars=self.extra_vars)
+
+
+@pytest.fixture(scope="session")
+def converged_fleet(
+    rootfs_factory: RootfsFactory, converged_rootfs: ConvergedRootfs, pi_daemon_wheel: Path
+) -> ConvergedFleet:
+    """A fresh collector and a clone of `converged_rootfs` joining the fleet (as a Pi that
+    was provisioned before the fleet had a collector), in one site.yml run."""
+    collector = rootfs_factory.fresh("converged-collector")
+    pi = rootfs_factory.clone(converged_rootfs.root, "converged-fleet-pi")
+    for root in (collector, pi):
+        forbid_service_starts(root)
+    folder = rootfs_factory.base / "converged-fleet"
+    folder.mkdir()
+    inventory = folder / "hosts.yml"
+    hosts = {
+        "collectors": {
+            "hosts": {
+                FLEET_COLLECTOR: rf.chroot_host_vars(
+                    collector, fleet_address=FLEET_ADDRESSES[FLEET_COLLECTOR]
+                )
+            }
+        },
+        "pis": {
+            "hosts": {FLEET_PI: rf.chroot_host_vars(pi, fleet_address=FLEET_ADDRESSES[FLEET_PI])}
+        },
+    }
+    inventory.write_text(json.dumps(hosts, indent=2) + "\n", encoding="utf-8")
+    extra_vars: dict[str, object] = {"pi_daemon_wheel": str(pi_daemon_wheel)}
+    first = rf.run_playbook(inventory, extra_vars=extra_vars)
+    TIMINGS["ansible fleet converge (collector + pi, one chroot run)"] = first.seconds
+    if first.returncode != 0:
+        pytest.fail(
+            f"site.yml with a collector failed (exit {first.returncode}):\n{first.tail()}",
+            pytrace=False,
+        )
+    return ConvergedFleet(collector, pi, inventory, extra_vars, first)
