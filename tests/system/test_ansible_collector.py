@@ -1,12 +1,14 @@
 """ansible/site.yml with a collector: the fleet CA, the collector role and the Pi's fleet side,
 against two real Debian bookworm root filesystems through the chroot connection.
 
-One converge (module fixture `fleet`) provisions a collector and a Pi (`pi-a`) in one run,
-as an operator's inventory with a `collectors` group would: the CA on the controller
-(here, the test's temporary inventory directory), each host's own key and certificate,
-mosquitto, systemd-journal-remote and Prometheus on the collector, and [mqtt], [metrics]
-and journal upload on the Pi. The tests then read what the hosts have, and run the real
-engines on it where that is cheap and safe:
+The session's `converged_fleet` (conftest.py) is one site.yml run that provisioned a fresh
+collector and a Pi (`pi-a`, a clone of `converged_rootfs`: a Pi that was provisioned before
+the fleet had a collector), as an operator's inventory with a `collectors` group would: the
+CA on the controller (here, the run's temporary inventory directory), each host's own key
+and certificate, mosquitto, systemd-journal-remote and Prometheus on the collector, and
+[mqtt], [metrics] and journal upload on the Pi. The tests read what the hosts have, and run
+the real engines on it where that is cheap and safe, without changing the root
+filesystems (tmpfs and bind mounts in a private mount namespace):
 
 * `promtool check config` and `check rules` inside the collector's root filesystem;
 * the collector's own mosquitto, with its rendered config, password file and ACL, inside a
@@ -16,9 +18,8 @@ engines on it where that is cheap and safe:
   clients are refused.
 
 A second run and a --check run change nothing, on the collector, the Pi and the controller.
-Nothing is started in the chroots by the packages: a policy-rc.d forbids it, as image
-builders do (mosquitto and prometheus ship init scripts that would otherwise start them on
-this machine's network). tests/system/test_fleet_collector.py boots the same roles.
+Nothing was started in the chroots by the packages (conftest's policy-rc.d).
+tests/system/test_fleet_collector.py boots clones of the same root filesystems.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -41,16 +41,19 @@ import pytest
 
 from tests.system import rootfs as rf
 from tests.system.ansible_checks import assert_nothing_changed
-from tests.system.conftest import TIMINGS, RootfsFactory
+from tests.system.conftest import (
+    FLEET_ADDRESSES,
+    FLEET_COLLECTOR,
+    FLEET_PI,
+    TIMINGS,
+    ConvergedFleet,
+)
 
-COLLECTOR, PI = "collector", "pi-a"
-# Addresses written into the configs. Nothing listens on them in a chroot; the broker test
-# runs the collector's mosquitto in a network namespace of its own, where 127.0.0.1 is the
-# namespace's loopback.
-COLLECTOR_ADDRESS, PI_ADDRESS = "127.0.0.1", "127.0.0.2"
-# A network, mount and PID namespace of the test's own: its first process is the shell.
+COLLECTOR, PI = FLEET_COLLECTOR, FLEET_PI
+COLLECTOR_ADDRESS, PI_ADDRESS = FLEET_ADDRESSES[COLLECTOR], FLEET_ADDRESSES[PI]
+# A network, mount and PID namespace of the test's own: its first process is the shell, so
+# every process started in it ends with it, and every mount made in it vanishes with it.
 UNSHARE = ("unshare", "--net", "--mount", "--pid", "--fork", "--propagation", "private", "--")
-POLICY_RC_D = "#!/bin/sh\n# tests: packages start no services in this root filesystem\nexit 101\n"
 
 
 def load_filters() -> ModuleType:
@@ -68,35 +71,37 @@ FC = load_filters()
 
 @dataclass
 class Fleet:
-    collector: Path
-    pi: Path
-    inventory: Path
-    extra_vars: dict[str, object]
-    first: rf.PlaybookRun
+    converged: ConvergedFleet
+
+    @property
+    def collector(self) -> Path:
+        return self.converged.collector
+
+    @property
+    def pi(self) -> Path:
+        return self.converged.pi
+
+    @property
+    def first(self) -> rf.PlaybookRun:
+        return self.converged.first
 
     @property
     def ca_dir(self) -> Path:
-        return self.inventory.parent / "fleet-ca"
+        return self.converged.ca_dir
 
     @property
     def credentials(self) -> Path:
-        return self.inventory.parent / "fleet-credentials" / "mqtt"
+        return self.converged.credentials_dir / "mqtt"
 
     def password(self, user: str) -> str:
         return (self.credentials / user).read_text(encoding="utf-8").strip()
 
     def run(self, *args: str) -> rf.PlaybookRun:
-        return rf.run_playbook(self.inventory, *args, extra_vars=self.extra_vars)
-
-
-def forbid_service_starts(root: Path) -> None:
-    policy = root / "usr" / "sbin" / "policy-rc.d"
-    policy.write_text(POLICY_RC_D, encoding="utf-8")
-    policy.chmod(0o755)
+        return self.converged.run_playbook(*args)
 
 
 def processes_in(root: Path) -> list[int]:
-    """PIDs of processes whose root directory is `root` (none should be left running)."""
+    """PIDs of processes whose root directory is `root`."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -109,34 +114,27 @@ def processes_in(root: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def fleet(rootfs_factory: RootfsFactory, pi_daemon_wheel: Path) -> Iterator[Fleet]:
-    collector = rootfs_factory.fresh("fleet-collector")
-    pi = rootfs_factory.fresh("fleet-pi")
-    for root in (collector, pi):
-        forbid_service_starts(root)
-    inventory_dir = rootfs_factory.base / "fleet-inventory"
-    inventory_dir.mkdir()
-    inventory = inventory_dir / "hosts.yml"
-    hosts = {
-        "collectors": {
-            "hosts": {COLLECTOR: rf.chroot_host_vars(collector, fleet_address=COLLECTOR_ADDRESS)}
-        },
-        "pis": {"hosts": {PI: rf.chroot_host_vars(pi, fleet_address=PI_ADDRESS)}},
-    }
-    inventory.write_text(json.dumps(hosts, indent=2) + "\n", encoding="utf-8")
-    extra_vars: dict[str, object] = {"pi_daemon_wheel": str(pi_daemon_wheel)}
-    first = rf.run_playbook(inventory, extra_vars=extra_vars)
-    TIMINGS["ansible fleet converge (collector + pi)"] = first.seconds
-    try:
-        if first.returncode != 0:
-            pytest.fail(
-                f"site.yml with a collector failed (exit {first.returncode}):\n{first.tail()}",
-                pytrace=False,
-            )
-        yield Fleet(collector, pi, inventory, extra_vars, first)
-    finally:
-        for root in (collector, pi):
-            assert processes_in(root) == [], f"processes left running in {root}"
+def fleet(converged_fleet: ConvergedFleet) -> Fleet:
+    return Fleet(converged_fleet)
+
+
+def in_collector(
+    fleet: Fleet, script: str, binds: dict[str, Path] | None = None, tmpfs: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run `script` (sh) inside the collector's root filesystem, in namespaces of its own
+    (UNSHARE: only a loopback interface, brought up here), with /proc, a tmpfs on each of
+    `tmpfs` and the host directories `binds` mounted on their paths: nothing it writes there
+    stays in the root filesystem."""
+    root = shlex.quote(str(fleet.collector))
+    mounts = [f"mount -t proc proc {root}/proc"]
+    mounts += [f"mount -t tmpfs tmpfs {root}{shlex.quote(path)}" for path in tmpfs]
+    for path, source in (binds or {}).items():
+        mounts.append(f"mount --bind {shlex.quote(str(source))} {root}{shlex.quote(path)}")
+    outer = "; ".join(["set -e", "ip link set lo up", *mounts])
+    outer += f"; exec chroot {root} sh -c {shlex.quote(script)}"
+    return subprocess.run(
+        [*UNSHARE, "sh", "-c", outer], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def stat_of(root: Path, path: str) -> tuple[int, str, str]:
@@ -184,6 +182,12 @@ def test_one_run_provisions_the_ca_the_collector_and_the_pi(fleet: Fleet) -> Non
     ], plays
     for password in (fleet.password(PI), fleet.password("consumer")):
         assert password not in fleet.first.output, "a password was logged"
+
+
+@pytest.mark.system
+def test_no_package_started_a_service_in_the_root_filesystems(fleet: Fleet) -> None:
+    for root in (fleet.collector, fleet.pi):
+        assert processes_in(root) == [], f"processes run in {root}"
 
 
 @pytest.mark.system
@@ -286,77 +290,53 @@ def test_mosquitto_has_a_tls_listener_a_password_per_pi_and_an_acl(fleet: Fleet)
     }, acl
 
 
-def broker_session(fleet: Fleet, script: str) -> subprocess.CompletedProcess[str]:
-    """Run `script` (sh) inside the collector's root filesystem, in a network, mount and
-    PID namespace of its own (only loopback, brought up here). Every process in it ends
-    with it: the namespace's first process is the script's shell."""
-    root = str(fleet.collector)
-    outer = (
-        "set -e; ip link set lo up; "
-        f"mount -t proc proc {shlex.quote(root)}/proc; "
-        f"exec chroot {shlex.quote(root)} sh -c {shlex.quote(script)}"
-    )
-    return subprocess.run(
-        [*UNSHARE, "sh", "-c", outer],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+# Where the broker writes at run time: tmpfs in the test's mount namespace.
+BROKER_TMPFS = ("/run", "/tmp", "/var/lib/mosquitto", "/var/log/mosquitto")
 
 
 @pytest.mark.system
 def test_the_collectors_mosquitto_enforces_certificates_passwords_and_the_acl(
-    fleet: Fleet,
+    fleet: Fleet, tmp_path: Path
 ) -> None:
     """The real broker with the rendered files: pi-a publishes under its own topic and the
     consumer receives it; pi-a's message under another Pi's topic is dropped; a client
     without a password, or without a certificate, is refused."""
-    # The Pi's credentials, as test files inside the collector's root (removed after).
-    client_dir = fleet.collector / "tmp" / "pi-a-client"
-    client_dir.mkdir()
-    try:
-        for name in ("host.pem", "host.key"):
-            (client_dir / name).write_bytes((fleet.pi / "etc/fleet-ca" / name).read_bytes())
-        (client_dir / "host.key").chmod(0o600)
-        tls = "--cafile /etc/fleet-ca/ca.pem -h 127.0.0.1 -p 8883"
-        pi = f"{tls} --cert /tmp/pi-a-client/host.pem --key /tmp/pi-a-client/host.key -u {PI}"
-        consumer = f"{tls} --cert /etc/fleet-ca/host.pem --key /etc/fleet-ca/host.key -u consumer"
-        pi_pw, consumer_pw = (
-            shlex.quote(fleet.password(PI)),
-            shlex.quote(fleet.password("consumer")),
-        )
-        script = f"""
-            mkdir -p /run/mosquitto && chown mosquitto: /run/mosquitto
-            # -v: every log type, so that a denied publish is logged too.
-            mosquitto -c /etc/mosquitto/mosquitto.conf -v -d
-            log=/var/log/mosquitto/mosquitto.log
-            for i in $(seq 100); do
-                grep -q "Opening ipv4 listen socket on port 8883" $log && break
-                sleep 0.05
-            done
-            # The first message it gets: the forged one, if the ACL let it through.
-            mosquitto_sub {consumer} -P {consumer_pw} -t 'pi-daemon/#' -v -C 1 -W 8 \
-                > /tmp/received &
-            sleep 1
-            mosquitto_pub {pi} -P {pi_pw} -q 1 -t pi-daemon/pi-b/events -m forged; echo "forged=$?"
-            mosquitto_pub {pi} -P {pi_pw} -q 1 -t 'pi-daemon/{PI}/events' -m own; echo "own=$?"
-            mosquitto_pub {pi} -P wrong -q 1 -t 'pi-daemon/{PI}/events' -m bad 2>&1; echo "wrong=$?"
-            mosquitto_pub {tls} --cert /tmp/pi-a-client/host.pem --key /tmp/pi-a-client/host.key \
-                -q 1 -t 'pi-daemon/{PI}/events' -m anon 2>&1; echo "anonymous=$?"
-            mosquitto_pub {tls} -u {PI} -P {pi_pw} -q 1 -t 'pi-daemon/{PI}/events' -m nocert 2>&1
-            echo "nocert=$?"
-            wait
-            echo "--- received"; cat /tmp/received
-            echo "--- log"; cat /var/log/mosquitto/mosquitto.log
-        """
-        session = broker_session(fleet, script)
-    finally:
-        for path in client_dir.iterdir():
-            path.unlink()
-        client_dir.rmdir()
-        for leftover in ("tmp/received",):
-            (fleet.collector / leftover).unlink(missing_ok=True)
+    # The Pi's certificate and key, for a client that speaks as the Pi (bound on /mnt).
+    client = tmp_path / "pi-a-client"
+    client.mkdir()
+    for name in ("host.pem", "host.key"):
+        (client / name).write_bytes((fleet.pi / "etc/fleet-ca" / name).read_bytes())
+    (client / "host.key").chmod(0o600)
+    tls = "--cafile /etc/fleet-ca/ca.pem -h 127.0.0.1 -p 8883"
+    pi = f"{tls} --cert /mnt/host.pem --key /mnt/host.key -u {PI}"
+    consumer = f"{tls} --cert /etc/fleet-ca/host.pem --key /etc/fleet-ca/host.key -u consumer"
+    pi_pw = shlex.quote(fleet.password(PI))
+    consumer_pw = shlex.quote(fleet.password("consumer"))
+    script = f"""
+        mkdir -p /run/mosquitto && chown mosquitto: /run/mosquitto /var/lib/mosquitto \
+            /var/log/mosquitto
+        # -v: every log type, so that a denied publish is logged too.
+        mosquitto -c /etc/mosquitto/mosquitto.conf -v -d
+        log=/var/log/mosquitto/mosquitto.log
+        for i in $(seq 100); do
+            grep -q "Opening ipv4 listen socket on port 8883" $log && break
+            sleep 0.05
+        done
+        # The first message it gets: the forged one, if the ACL let it through.
+        mosquitto_sub {consumer} -P {consumer_pw} -t 'pi-daemon/#' -v -C 1 -W 8 > /tmp/got &
+        sleep 1
+        mosquitto_pub {pi} -P {pi_pw} -q 1 -t pi-daemon/pi-b/events -m forged; echo "forged=$?"
+        mosquitto_pub {pi} -P {pi_pw} -q 1 -t pi-daemon/{PI}/events -m own; echo "own=$?"
+        mosquitto_pub {pi} -P wrong -q 1 -t pi-daemon/{PI}/events -m bad 2>&1; echo "wrong=$?"
+        mosquitto_pub {tls} --cert /mnt/host.pem --key /mnt/host.key \
+            -q 1 -t pi-daemon/{PI}/events -m anon 2>&1; echo "anonymous=$?"
+        mosquitto_pub {tls} -u {PI} -P {pi_pw} -q 1 -t pi-daemon/{PI}/events -m nocert 2>&1
+        echo "nocert=$?"
+        wait
+        echo "--- received"; cat /tmp/got
+        echo "--- log"; cat $log
+    """
+    session = in_collector(fleet, script, binds={"/mnt": client}, tmpfs=BROKER_TMPFS)
     out = session.stdout
     assert session.returncode == 0, out + session.stderr
     codes = dict(re.findall(r"^(forged|own|wrong|anonymous|nocert)=(\d+)$", out, re.M))
@@ -367,6 +347,7 @@ def test_the_collectors_mosquitto_enforces_certificates_passwords_and_the_acl(
     assert received == [f"pi-daemon/{PI}/events own"], out
     log = out.split("--- log\n", 1)[1]
     assert re.search(r"Denied PUBLISH from .* 'pi-daemon/pi-b/events'", log), log
+    assert "peer did not return a certificate" in log, log
 
 
 @pytest.mark.system
@@ -502,7 +483,7 @@ def rules_test_suite(rules_text: str, rules_path: str) -> dict[str, object]:
 
 
 @pytest.mark.system
-def test_the_alert_rules_fire_on_the_daemons_metrics(fleet: Fleet) -> None:
+def test_the_alert_rules_fire_on_the_daemons_metrics(fleet: Fleet, tmp_path: Path) -> None:
     """`promtool test rules` inside the collector: the shipped rules, fed the series a
     troubled fleet would produce, raise exactly the alerts they promise (and no other),
     with their annotations as Prometheus renders them."""
@@ -511,12 +492,11 @@ def test_the_alert_rules_fire_on_the_daemons_metrics(fleet: Fleet) -> None:
     root = fleet.collector
     rules_text = (root / "etc/prometheus/rules/pi-daemon.yml").read_text(encoding="utf-8")
     suite = rules_test_suite(rules_text, "/etc/prometheus/rules/pi-daemon.yml")
-    test_file = root / "tmp" / "pi-daemon-rules.test.yml"
-    test_file.write_text(yaml.safe_dump(suite, allow_unicode=True), encoding="utf-8")
-    try:
-        result = rf.chroot(root, "promtool", "test", "rules", "/tmp/pi-daemon-rules.test.yml")
-    finally:
-        test_file.unlink()
+    suite_text = yaml.safe_dump(suite, allow_unicode=True)
+    (tmp_path / "rules.test.yml").write_text(suite_text, encoding="utf-8")
+    result = in_collector(
+        fleet, "promtool test rules /mnt/rules.test.yml", binds={"/mnt": tmp_path}
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout, result.stdout
 
