@@ -15,11 +15,44 @@ echo "== lint"
 .venv/bin/mypy
 (cd ansible && PATH="$PWD/../.venv/bin:$PATH" ../.venv/bin/ansible-lint --profile production --offline -q)
 echo "== tests"
-if [ "$(id -u)" = 0 ]; then
-    exec .venv/bin/python -m pytest "$@"
-elif command -v sudo >/dev/null 2>&1; then
-    exec sudo -E .venv/bin/python -m pytest "$@"
-else
-    echo "pi-daemon: not root and no sudo: the system tests will fail (they need root)" >&2
-    exec .venv/bin/python -m pytest "$@"
+pytest_as_root() {
+    if [ "$(id -u)" = 0 ]; then
+        .venv/bin/python -m pytest "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -E .venv/bin/python -m pytest "$@"
+    else
+        echo "pi-daemon: not root and no sudo: the system tests will fail (they need root)" >&2
+        .venv/bin/python -m pytest "$@"
+    fi
+}
+# With arguments: one pytest run of exactly those.
+if [ "$#" -gt 0 ]; then
+    pytest_as_root "$@"
+    exit
 fi
+# The whole suite as three pytest runs at once, because most of the system tests' time is
+# spent waiting (apt, debootstrap downloads, boots, health checks) and the arm64 tests'
+# is qemu's: one after the other they took 50 minutes of a 2-vCPU CI machine. They share
+# nothing but the read-only checkout and .cache/ (whose root filesystem tarballs are built
+# under a file lock). The amd64 system tests print as they go; the other two are printed
+# whole when they end, and the exit status is the first failing run's.
+logs=$(mktemp -d)
+arm64="" unit=""
+trap 'kill $arm64 $unit 2>/dev/null || true; rm -rf "$logs"' EXIT
+# A sudoer types the password once, before the three runs start.
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo -v; fi
+pytest_as_root -p no:cacheprovider tests/system/test_arm64.py >"$logs/arm64.log" 2>&1 &
+arm64=$!
+pytest_as_root -p no:cacheprovider -m "not system" tests >"$logs/unit.log" 2>&1 &
+unit=$!
+status=0
+echo "-- system tests (amd64); the arm64 and the unit tests run beside them"
+pytest_as_root tests/system --ignore=tests/system/test_arm64.py || status=$?
+for run in arm64 unit; do
+    code=0
+    wait "${!run}" || code=$?
+    echo "-- $run tests (exit $code)"
+    cat "$logs/$run.log"
+    [ "$status" != 0 ] || status=$code
+done
+exit "$status"

@@ -443,12 +443,24 @@ def build_wheel(outdir: Path, timings: Timings) -> Path:
 
     outdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PIP_CACHE_DIR=str(CACHE / "host-pip"))
+    # From a copy of the checkout: setuptools builds in the source tree (build/, *.egg-info),
+    # and scripts/test.sh runs these tests beside the amd64 ones, whose site.yml runs build
+    # the wheel in the checkout and empty its build/ first.
+    source = outdir / "source"
+    shutil.rmtree(source, ignore_errors=True)
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "build", "*.egg-info", "mutants"),
+        symlinks=True,
+    )
     with timings.phase("host: pip wheel"):
         run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", outdir, REPO],
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", outdir, source],
             timeout=600,
             env=env,
         )
+    shutil.rmtree(source)
     wheels = sorted(outdir.glob("pi_daemon-*.whl"))
     if len(wheels) != 1:
         raise RuntimeError(f"expected one pi_daemon wheel in {outdir}, found {wheels}")
