@@ -327,12 +327,15 @@ def build_wheel(dest: Path) -> Path:
     """Build the project's wheel as site.yml does (from an empty build/, with a fixed
     SOURCE_DATE_EPOCH, so the same checkout gives the same bytes), return its path."""
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(REPO / "build", ignore_errors=True)
     env = dict(os.environ, SOURCE_DATE_EPOCH="315532800")
-    run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dest, REPO],
-        env=env,
-    )
+    # setuptools builds in the checkout's build/: two test sessions building at once (two
+    # developers' runs, or a helper's beside CI) would trip over each other's files there.
+    with file_lock(cache_dir() / "build-wheel.lock"):
+        shutil.rmtree(REPO / "build", ignore_errors=True)
+        run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", dest, REPO],
+            env=env,
+        )
     (wheel,) = dest.glob("pi_daemon-*.whl")
     return wheel
 
