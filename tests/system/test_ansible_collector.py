@@ -169,6 +169,7 @@ def can_read_as(root: Path, user: str, path: str) -> bool:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_one_run_provisions_the_ca_the_collector_and_the_pi(fleet: Fleet) -> None:
     for host in (COLLECTOR, PI):
         counts = fleet.first.recap[host]
@@ -185,12 +186,14 @@ def test_one_run_provisions_the_ca_the_collector_and_the_pi(fleet: Fleet) -> Non
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_no_package_started_a_service_in_the_root_filesystems(fleet: Fleet) -> None:
     for root in (fleet.collector, fleet.pi):
         assert processes_in(root) == [], f"processes run in {root}"
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_a_second_run_and_check_mode_change_nothing(fleet: Fleet) -> None:
     again = fleet.run()
     TIMINGS["ansible fleet second run"] = again.seconds
@@ -205,6 +208,7 @@ def test_a_second_run_and_check_mode_change_nothing(fleet: Fleet) -> None:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_the_ca_key_stays_on_the_controller_and_each_host_has_its_own_key(fleet: Fleet) -> None:
     ca_dir = fleet.ca_dir
     assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.key", "ca.pem"]
@@ -238,6 +242,7 @@ def test_the_ca_key_stays_on_the_controller_and_each_host_has_its_own_key(fleet:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_mosquitto_has_a_tls_listener_a_password_per_pi_and_an_acl(fleet: Fleet) -> None:
     root = fleet.collector
     conf = (root / "etc/mosquitto/conf.d/pi-daemon-fleet.conf").read_text(encoding="utf-8")
@@ -295,6 +300,7 @@ BROKER_TMPFS = ("/run", "/tmp", "/var/lib/mosquitto", "/var/log/mosquitto")
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_the_collectors_mosquitto_enforces_certificates_passwords_and_the_acl(
     fleet: Fleet, tmp_path: Path
 ) -> None:
@@ -351,6 +357,7 @@ def test_the_collectors_mosquitto_enforces_certificates_passwords_and_the_acl(
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_prometheus_config_targets_and_rules_pass_promtool(fleet: Fleet) -> None:
     root = fleet.collector
     for argv in (
@@ -483,6 +490,7 @@ def rules_test_suite(rules_text: str, rules_path: str) -> dict[str, object]:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_the_alert_rules_fire_on_the_daemons_metrics(fleet: Fleet, tmp_path: Path) -> None:
     """`promtool test rules` inside the collector: the shipped rules, fed the series a
     troubled fleet would produce, raise exactly the alerts they promise (and no other),
@@ -502,6 +510,7 @@ def test_the_alert_rules_fire_on_the_daemons_metrics(fleet: Fleet, tmp_path: Pat
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_journal_remote_listens_over_https_with_the_ca(fleet: Fleet) -> None:
     root = fleet.collector
     conf = (root / "etc/systemd/journal-remote.conf.d/pi-daemon-fleet.conf").read_text()
@@ -529,6 +538,7 @@ def test_journal_remote_listens_over_https_with_the_ca(fleet: Fleet) -> None:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_the_pi_points_mqtt_and_metrics_at_the_collector(fleet: Fleet) -> None:
     root = fleet.pi
     config = tomllib.loads((root / "etc/pi-daemon/config.toml").read_text(encoding="utf-8"))
@@ -580,6 +590,7 @@ def test_the_pi_points_mqtt_and_metrics_at_the_collector(fleet: Fleet) -> None:
 
 
 @pytest.mark.system
+@pytest.mark.slow
 def test_the_pi_uploads_its_journal_and_keeps_trying(fleet: Fleet) -> None:
     root = fleet.pi
     conf = (root / "etc/systemd/journal-upload.conf.d/pi-daemon-fleet.conf").read_text()
