@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pi_daemon.bench.timing import write_bytes
 from pi_daemon.config import load_config
 from pi_daemon.errors import PiDaemonError
 from pi_daemon.mqtt import Command, Delivery, DeviceState, RetryPolicy, device_id_for
@@ -48,13 +49,6 @@ def _status(delivery: Delivery) -> dict[str, Any]:
         "acknowledged": status.acknowledged,
         "synced_seq": status.synced_seq,
     }
-
-
-def _io_write_bytes() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> int:
@@ -92,7 +86,7 @@ def main() -> int:
         delivery.publish_state(DeviceState(label="tabby", score=0.5, fps=args.rate))
     device_id = device_id_for(section)
     durations: list[float] = []
-    write_bytes_start = _io_write_bytes()
+    write_bytes_start = write_bytes()
     next_report = 0.0
     interval = 1.0 / args.rate if args.rate > 0 else 0.0
     next_due = time.monotonic()
@@ -133,7 +127,7 @@ def main() -> int:
             "submitted_here": submitted,
             "status": _status(delivery),
             "submit_s": durations,
-            "write_bytes": _io_write_bytes() - write_bytes_start,
+            "write_bytes": write_bytes() - write_bytes_start,
         }
     )
     return 0

@@ -17,14 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from pi_daemon.bench.timing import write_bytes
 from pi_daemon.mqtt.outbox import Outbox
-
-
-def write_bytes() -> int:
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pi_daemon.bench.pipeline import bench_config, measure_pipeline, preload_real_input
-from pi_daemon.bench.timing import bare_invoke, percentiles_ms, spread
+from pi_daemon.bench.timing import bare_invoke, percentiles_ms, spread, write_bytes
 from pi_daemon.config import Config, replace
 
 ROUNDS = 3
@@ -41,14 +41,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def _write_bytes() -> int:
-    with open("/proc/self/io", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("write_bytes:"):
-                return int(line.split()[1])
-    return 0
 
 
 class _Broker:
@@ -185,9 +177,9 @@ def _rounds(
             bares.append(bare_invoke(classifier.interpreter, frames, None))
             state = workdir / f"state-{phase}-{round_number}"
             state.mkdir()
-            before = _write_bytes()
+            before = write_bytes()
             run = measure_pipeline(mqtt_config, base_dir, classifier, frames, None, state)
-            written += _write_bytes() - before
+            written += write_bytes() - before
             events += run.events
             ratios.append(run.fps / bares[-1].fps)
         ratio = spread(ratios)

@@ -18,6 +18,16 @@ from typing import Any
 import numpy as np
 
 
+def write_bytes() -> int:
+    """Bytes this process has caused to be written to storage (`/proc/self/io`
+    write_bytes); 0 where the kernel does not account it."""
+    with open("/proc/self/io", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    return 0
+
+
 def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
     """p50, p95 and max of an array of seconds, in milliseconds."""
     if seconds.size == 0:
