@@ -30,27 +30,41 @@ if [ "$#" -gt 0 ]; then
     pytest_as_root "$@"
     exit
 fi
-# The whole suite as three pytest runs at once, because most of the system tests' time is
-# spent waiting (apt, debootstrap downloads, boots, health checks) and the arm64 tests'
-# is qemu's: one after the other they took 50 minutes of a 2-vCPU CI machine. They share
-# nothing but the read-only checkout and .cache/ (whose root filesystem tarballs are built
-# under a file lock). The amd64 system tests print as they go; the other two are printed
-# whole when they end, and the exit status is the first failing run's.
+# The whole suite as four pytest runs at once, because most of the system tests' time is
+# spent waiting (apt, debootstrap downloads, boots, health checks, keep-alives) and the arm64
+# tests' is qemu's: one after the other they took 50 minutes of a 2-vCPU CI machine. They
+# share nothing but the read-only checkout and .cache/ (whose root filesystem tarballs and
+# wheel are built under file locks); containers carry their run's pid in their cgroup and
+# network namespace names. The main amd64 system tests print as they go; the other runs are
+# printed whole when they end, and the exit status is the first failing run's.
 logs=$(mktemp -d)
-arm64="" unit=""
-trap 'kill $arm64 $unit 2>/dev/null || true; rm -rf "$logs"' EXIT
-# A sudoer types the password once, before the three runs start.
+declare -A pids=()
+side_runs=()
+side_files=()
+trap 'kill ${pids[*]} 2>/dev/null || true; rm -rf "$logs"' EXIT
+durations=(--durations=12 --durations-min=20)
+side() {  # side NAME PYTEST-ARGS...: one pytest run in the background, logged to NAME.log
+    local name=$1
+    shift
+    pytest_as_root -p no:cacheprovider "${durations[@]}" "$@" >"$logs/$name.log" 2>&1 &
+    pids[$name]=$!
+    side_runs+=("$name")
+}
+# A sudoer types the password once, before the runs start.
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo -v; fi
-pytest_as_root -p no:cacheprovider tests/system/test_arm64.py >"$logs/arm64.log" 2>&1 &
-arm64=$!
-pytest_as_root -p no:cacheprovider -m "not system" tests >"$logs/unit.log" 2>&1 &
-unit=$!
+side_files=(tests/system/test_arm64.py)
+side arm64 tests/system/test_arm64.py
+side_files+=(tests/system/test_trixie.py)
+side trixie tests/system/test_trixie.py
+side_files+=(tests/system/test_fleet_collector.py tests/system/test_ansible_collector.py)
+side fleet tests/system/test_fleet_collector.py tests/system/test_ansible_collector.py
+side unit -m "not system" tests
 status=0
-echo "-- system tests (amd64); the arm64 and the unit tests run beside them"
-pytest_as_root tests/system --ignore=tests/system/test_arm64.py || status=$?
-for run in arm64 unit; do
+echo "-- system tests (amd64); the ${side_runs[*]} tests run beside them"
+pytest_as_root "${durations[@]}" tests/system "${side_files[@]/#/--ignore=}" || status=$?
+for run in "${side_runs[@]}"; do
     code=0
-    wait "${!run}" || code=$?
+    wait "${pids[$run]}" || code=$?
     echo "-- $run tests (exit $code)"
     cat "$logs/$run.log"
     [ "$status" != 0 ] || status=$code
