@@ -30,7 +30,7 @@ if [ "$#" -gt 0 ]; then
     pytest_as_root "$@"
     exit
 fi
-# The whole suite as four pytest runs at once, because most of the system tests' time is
+# The whole suite as five pytest runs at once, because most of the system tests' time is
 # spent waiting (apt, debootstrap downloads, boots, health checks, keep-alives) and the arm64
 # tests' is qemu's: one after the other they took 50 minutes of a 2-vCPU CI machine. They
 # share nothing but the read-only checkout and .cache/ (whose root filesystem tarballs and
