@@ -388,11 +388,13 @@ def _serve(
         log,
         logging.INFO,
         Event.STOP,
-        "stopped after %d frames (%d skipped as unchanged)",
+        "stopped after %d frames (%d skipped as unchanged, %d dropped while busy)",
         daemon.counters.frames,
         daemon.counters.skipped,
+        daemon.slot.dropped,
         frames=daemon.counters.frames,
         skipped_frames=daemon.counters.skipped,
+        dropped_frames=daemon.slot.dropped,
         exit_code=code,
     )
     return code

@@ -105,7 +105,12 @@ def test_without_the_gate_every_frame_is_classified(tmp_path, scenes):
     done = run(config_for(tmp_path, scenes["static"], motion=False))
     assert done.returncode == 0, done.stderr
     stop = next(e for e in events(tmp_path) if e["type"] == "stop")
-    assert stop["frames"] == 80 and stop["skipped_frames"] == 0
+    # A paced replay is a live source: a frame the loop was too busy for (a loaded
+    # machine) is dropped, not skipped. None is skipped as unchanged, and every frame
+    # is accounted for.
+    assert stop["skipped_frames"] == 0, stop
+    assert stop["frames"] + stop["dropped_frames"] == 80, stop
+    assert stop["frames"] >= 60, stop
 
 
 def test_max_frames_counts_frames_taken_classified_or_skipped(tmp_path, scenes):
