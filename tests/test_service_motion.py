@@ -78,7 +78,7 @@ def test_a_static_scene_is_classified_once_per_max_skip_s(tmp_path, scenes):
     records = events(tmp_path)
     results = [e for e in records if e["type"] == "result"]
     stop = next(e for e in records if e["type"] == "stop")
-    taken = 80
+    taken = 80 - stop["dropped_frames"]  # a loaded machine may drop one; none is lost
     # At most 1/(fps x max_skip_s) of the frames, plus the first one.
     assert len(results) <= math.ceil(taken / (FPS * MAX_SKIP_S)) + 1, len(results)
     assert stop["frames"] == len(results) and stop["skipped_frames"] == taken - len(results)
@@ -93,12 +93,16 @@ def test_a_static_scene_is_classified_once_per_max_skip_s(tmp_path, scenes):
 def test_motion_is_classified_within_a_frame_of_starting(tmp_path, scenes):
     done = run(config_for(tmp_path, scenes["motion"]))
     assert done.returncode == 0, done.stderr
-    results = [e for e in events(tmp_path) if e["type"] == "result"]
+    records = events(tmp_path)
+    results = [e for e in records if e["type"] == "result"]
+    # A frame the loop was too busy for is dropped (a loaded machine) and leaves a gap
+    # in the frame ids; allow exactly as many gaps as the daemon reports drops.
+    dropped = next(e for e in records if e["type"] == "stop")["dropped_frames"]
     # Frame ids start at 1 at the video's first frame; the first moved frame is index 30.
-    moved = [r for r in results if r["frame_id"] >= 31]
-    assert moved and moved[0]["frame_id"] == 31, [r["frame_id"] for r in results]
+    moved = [r["frame_id"] for r in results if r["frame_id"] >= 31]
+    assert moved and moved[0] - 31 <= dropped, ([r["frame_id"] for r in results], dropped)
     # Once the cat moves, every frame is classified.
-    assert [r["frame_id"] for r in moved[:10]] == list(range(31, 41))
+    assert len(set(range(31, 41)) - set(moved)) <= dropped, (moved, dropped)
 
 
 def test_without_the_gate_every_frame_is_classified(tmp_path, scenes):
