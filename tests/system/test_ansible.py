@@ -587,7 +587,7 @@ def test_checked_vars_reports_every_problem_at_once() -> None:
 
 
 def test_every_role_variable_has_a_rule_and_every_rule_a_variable() -> None:
-    for role in ("pi_daemon", "swap"):
+    for role in ("pi_daemon", "swap", "collector", "fleet_ca"):
         defaults = set(role_yaml(role, "defaults"))
         assert set(rules_of(role)) == defaults, role
     # blas: the map and the alternatives (a list of mappings) are checked in preflight.yml.
@@ -595,13 +595,13 @@ def test_every_role_variable_has_a_rule_and_every_rule_a_variable() -> None:
         "blas_multiarch_map",
         "blas_alternatives",
     }
-    for role in ("blas", "swap", "pi_daemon"):
+    for role in ("blas", "swap", "pi_daemon", "collector", "fleet_ca"):
         for rule in rules_of(role).values():
             assert rule["type"] in CHECKS.TYPES, rule
 
 
 def test_every_role_variable_is_in_its_readme_with_its_default() -> None:
-    for role in ("blas", "swap", "pi_daemon"):
+    for role in ("blas", "swap", "pi_daemon", "collector", "fleet_ca"):
         readme = (rf.ANSIBLE_DIR / "roles" / role / "README.md").read_text(encoding="utf-8")
         rows = {
             match.group(1): match.group(2)
