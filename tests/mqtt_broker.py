@@ -54,31 +54,38 @@ class TlsFiles:
     client_key: Path
 
 
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def sign_certificate(
+    folder: Path, name: str, common_name: str, ca: Path, ca_key: Path, extension: str
+) -> tuple[Path, Path]:
+    """A new key and a certificate for `common_name` signed by an existing CA (the
+    `extension` line, e.g. a subjectAltName, added): (certificate, key) in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
+            "-subj", f"/CN={common_name}")  # fmt: skip
+    extfile = folder / f"{name}.ext"
+    extfile.write_text(extension + "\n")
+    sign = ["-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2"]
+    openssl("x509", "-req", "-in", str(csr), *sign, "-out", str(cert), "-extfile", str(extfile))
+    return cert, key
+
+
 def make_certificates(folder: Path, server_name: str = HOST) -> TlsFiles:
     """A CA, a server certificate for `server_name` (an IP SAN) and a client certificate,
     made with the openssl command line."""
     folder.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
     ca_key, ca = folder / "ca.key", folder / "ca.pem"
-    new_key = ["-newkey", "rsa:2048", "-nodes", "-keyout"]
-    ca_subject = ["-subj", "/CN=test CA", "-days", "2"]
-    run("req", "-x509", *new_key, str(ca_key), "-out", str(ca), *ca_subject)
-    files = {}
-    for name, cn, ext in (
-        ("server", server_name, f"subjectAltName=IP:{server_name}"),
-        ("client", "pi", "extendedKeyUsage=clientAuth"),
-    ):
-        key, csr, cert = folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.pem"
-        run("req", *new_key, str(key), "-out", str(csr), "-subj", f"/CN={cn}")
-        extfile = folder / f"{name}.ext"
-        extfile.write_text(ext + "\n")
-        sign = ["-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2"]
-        run("x509", "-req", "-in", str(csr), *sign, "-out", str(cert), "-extfile", str(extfile))
-        files[name] = (cert, key)
-    return TlsFiles(ca, *files["server"], *files["client"])
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key),
+            "-out", str(ca), "-subj", "/CN=test CA", "-days", "2")  # fmt: skip
+    server = sign_certificate(
+        folder, "server", server_name, ca, ca_key, f"subjectAltName=IP:{server_name}"
+    )
+    client = sign_certificate(folder, "client", "pi", ca, ca_key, "extendedKeyUsage=clientAuth")
+    return TlsFiles(ca, *server, *client)
 
 
 class Broker:

@@ -5,6 +5,8 @@ The fleet test (test_fleet_collector.py) runs these with the venv's Python throu
 private network and resolve the fleet's host names, and never the host's own network:
 
     python -m tests.system.fleet_clients get URL [--ca F] [--cert F --key F]
+    python -m tests.system.fleet_clients upload URL --field NAME=VALUE...
+        [--ca F] [--cert F --key F]
     python -m tests.system.fleet_clients mqtt-probe --host H --port P --ca F
         [--cert F --key F] [--username U --password-file F] [--publish TOPIC PAYLOAD]
     python -m tests.system.fleet_clients subscribe --host H --port P --ca F
@@ -43,10 +45,20 @@ def tls_context(ca: str | None, cert: str | None, key: str | None) -> ssl.SSLCon
 # --- HTTP(S) ---------------------------------------------------------------------------
 
 
-def get(url: str, ca: str | None, cert: str | None, key: str | None, timeout: float) -> dict:
+def request(
+    url: str,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    timeout: float,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """GET `url` (POST `data`, when given): {"status", "body"}, or {"error"} on no answer."""
     context = tls_context(ca, cert, key) if url.startswith("https:") else None
+    message = urllib.request.Request(url, data=data, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+        with urllib.request.urlopen(message, timeout=timeout, context=context) as response:
             return {"status": response.status, "body": response.read().decode("utf-8", "replace")}
     except urllib.error.HTTPError as error:
         return {"status": error.code, "body": error.read().decode("utf-8", "replace")}
@@ -191,6 +203,11 @@ def parser() -> argparse.ArgumentParser:
     http = commands.add_parser("get")
     http.add_argument("url")
     tls(http)
+    # What systemd-journal-upload sends: one entry in the journal export format.
+    upload = commands.add_parser("upload")
+    upload.add_argument("url")
+    upload.add_argument("--field", action="append", default=[], metavar="NAME=VALUE")
+    tls(upload)
 
     for name in ("mqtt-probe", "subscribe"):
         sub = commands.add_parser(name)
@@ -213,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "subscribe":
         return subscribe(args)
     if args.command == "get":
-        result = get(args.url, args.ca, args.cert, args.key, args.timeout)
+        result = request(args.url, args.ca, args.cert, args.key, args.timeout)
+    elif args.command == "upload":
+        entry = "".join(f"{field}\n" for field in args.field) + "\n"
+        headers = {"Content-Type": "application/vnd.fdo.journal"}
+        body = entry.encode()
+        result = request(args.url, args.ca, args.cert, args.key, args.timeout, body, headers)
     else:
         result = mqtt_probe(args)
     print(json.dumps(result))

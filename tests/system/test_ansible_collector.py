@@ -517,31 +517,73 @@ def test_the_alert_rules_fire_on_the_daemons_metrics(fleet: Fleet, tmp_path: Pat
 
 @pytest.mark.system
 @pytest.mark.slow
-def test_journal_remote_listens_over_https_with_the_ca(fleet: Fleet) -> None:
+def test_haproxy_checks_the_uploaders_certificates_and_routes_each_pi_to_its_receiver(
+    fleet: Fleet,
+) -> None:
     root = fleet.collector
-    conf = (root / "etc/systemd/journal-remote.conf.d/pi-daemon-fleet.conf").read_text()
+    cfg = (root / "etc/haproxy/pi-daemon-journal.cfg").read_text()
+    bind = re.search(r"^\s*bind (\S*):19532 ssl (.*)$", cfg, re.M)
+    assert bind, cfg
+    assert "crt /etc/haproxy/pi-daemon-journal/host.pem" in bind.group(2)
+    assert "ca-file /etc/fleet-ca/ca.pem verify required" in bind.group(2)
+    assert "use_backend journal-%[ssl_c_s_dn(CN)]" in cfg
+    assert re.search(r"^backend unknown-host\n\s+tcp-request content reject$", cfg, re.M)
+    backends = re.findall(r"^backend journal-(\S+)\n\s+server receiver unix@(\S+)$", cfg, re.M)
+    assert backends == [(FLEET_PI, f"/run/pi-daemon-journal/{FLEET_PI}.sock")], cfg
+    links = root / "etc/haproxy/pi-daemon-journal"
+    assert (links / "host.pem").readlink() == Path("/etc/fleet-ca/host.pem")
+    assert (links / "host.pem.key").readlink() == Path("/etc/fleet-ca/host.key")
+    check = rf.chroot_with_proc(root, "haproxy", "-c", "-f", "/etc/haproxy/pi-daemon-journal.cfg")
+    assert check.returncode == 0, check.stdout + check.stderr
+    dropin = (root / "etc/systemd/system/haproxy.service.d/pi-daemon-journal.conf").read_text()
+    assert 'Environment="CONFIG=/etc/haproxy/pi-daemon-journal.cfg"' in dropin
+    # The stock receiver is off (it would take the port and accept anyone: no GnuTLS).
+    wants = root / "etc/systemd/system/sockets.target.wants"
+    assert not (wants / "systemd-journal-remote.socket").exists()
+    enabled = sorted(path.name for path in wants.iterdir())
+    assert (wants / f"pi-daemon-journal-remote@{FLEET_PI}.socket").is_symlink(), enabled
+    assert not [name for name in enabled if "journal-remote@" in name and FLEET_PI not in name]
+    service = (root / "etc/systemd/system/pi-daemon-journal-remote@.service").read_text()
+    assert "--listen-http=-3 --split-mode=none" in service
+    assert "--output=/var/log/journal/remote/remote-%i.journal" in service
+    socket = (root / "etc/systemd/system/pi-daemon-journal-remote@.socket").read_text()
     for line in (
-        "[Remote]",
-        "SplitMode=host",
-        "ServerKeyFile=/etc/fleet-ca/host.key",
-        "ServerCertificateFile=/etc/fleet-ca/host.pem",
-        "TrustedCertificateFile=/etc/fleet-ca/ca.pem",
+        "ListenStream=/run/pi-daemon-journal/%i.sock",
+        "SocketGroup=haproxy",
+        "SocketMode=0660",
     ):
-        assert re.search(rf"^{re.escape(line)}$", conf, re.M), (line, conf)
-    socket = (
-        root / "etc/systemd/system/systemd-journal-remote.socket.d/pi-daemon-fleet.conf"
-    ).read_text()
-    assert re.findall(r"^ListenStream=.*$", socket, re.M) == ["ListenStream=", "ListenStream=19532"]
-    assert (
-        root / "etc/systemd/system/sockets.target.wants/systemd-journal-remote.socket"
-    ).is_symlink()
-    # The unit's User= reads the key through the key's group; others cannot.
-    assert can_read_as(root, "systemd-journal-remote", "/etc/fleet-ca/host.key")
+        assert re.search(rf"^{re.escape(line)}$", socket, re.M), (line, socket)
+    # haproxy reads the key as root before it drops to its user; nobody else can.
     assert not can_read_as(root, "nobody", "/etc/fleet-ca/host.key")
     verify = rf.chroot_with_proc(
-        root, "systemd-analyze", "verify", "--man=no", "systemd-journal-remote.socket"
+        root,
+        "systemd-analyze",
+        "verify",
+        "--man=no",
+        f"pi-daemon-journal-remote@{FLEET_PI}.socket",
+        "haproxy.service",
     )
-    assert verify.returncode == 0 and "pi-daemon-fleet" not in verify.stderr, verify.stderr
+    assert verify.returncode == 0 and "pi-daemon" not in verify.stderr, verify.stderr
+
+
+@pytest.mark.system
+@pytest.mark.slow
+def test_a_pi_that_left_the_fleet_loses_its_receiver_and_keeps_its_journal(fleet: Fleet) -> None:
+    root = fleet.collector
+    wants = root / "etc/systemd/system/sockets.target.wants"
+    gone = wants / "pi-daemon-journal-remote@pi-gone.socket"  # as enabled by an earlier run
+    gone.symlink_to("/etc/systemd/system/pi-daemon-journal-remote@.socket")
+    journal_file = root / "var/log/journal/remote/remote-pi-gone.journal"
+    journal_file.parent.mkdir(parents=True, exist_ok=True)
+    journal_file.write_bytes(b"its entries")
+    run = fleet.run("--limit", "collectors")
+    assert run.returncode == 0, run.tail()
+    assert not gone.exists() and not gone.is_symlink(), sorted(p.name for p in wants.iterdir())
+    assert (wants / f"pi-daemon-journal-remote@{FLEET_PI}.socket").is_symlink()
+    assert journal_file.read_bytes() == b"its entries"
+    assert "pi-gone" not in (root / "etc/haproxy/pi-daemon-journal.cfg").read_text()
+    changed = run.changed_tasks()
+    assert any("left the fleet" in task for task in changed), changed
 
 
 # --- The Pi ---------------------------------------------------------------------------------

@@ -75,12 +75,11 @@ REMOTE_JOURNALS = "/var/log/journal/remote"
 # The fleet_ca role's files on each host (its README): the key is made there.
 HOST_TLS_FILES = ("/etc/fleet-ca/host.key", "/etc/fleet-ca/host.pem")
 CA_CERT = "fleet-ca/ca.pem"  # on the controller, beside the inventory
-COLLECTOR_UNITS = (
-    "mosquitto.service",
-    "prometheus.service",
-    "systemd-journal-remote.socket",
-    "systemd-journal-remote.service",
+# Each Pi's journal receiver: a socket, and the service it starts on the first upload.
+RECEIVERS = tuple(
+    f"pi-daemon-journal-remote@{name}.{kind}" for name in PIS for kind in ("socket", "service")
 )
+COLLECTOR_UNITS = ("mosquitto.service", "prometheus.service", "haproxy.service", *RECEIVERS)
 HOT_ALERT = "PiDaemonRunningHot"
 FRAME_COUNTER = "pi_daemon_frames_processed_total"
 FLEET_TEST_VARS: dict[str, object] = {
@@ -359,8 +358,10 @@ def test_one_run_provisions_the_collector_and_three_pis(fleet: Fleet) -> None:
     )
     for name in (COLLECTOR, *PIS):
         assert run.recap[name]["failed"] == 0 and run.recap[name]["changed"] > 0, run.recap
-    for unit in ("mosquitto.service", "prometheus.service", "systemd-journal-remote.socket"):
+    sockets = [unit for unit in RECEIVERS if unit.endswith(".socket")]
+    for unit in ("mosquitto.service", "prometheus.service", "haproxy.service", *sockets):
         assert active(fleet.collector, unit), unit
+    assert not active(fleet.collector, "systemd-journal-remote.socket")
     for name in PIS:
         c = fleet.containers[name]
         assert active(c, UNIT), name
@@ -562,6 +563,17 @@ def test_a_minute_without_the_collector_loses_no_event_and_the_journals_catch_up
 
     found = wait_for("events made after the outage, from every Pi", delivered, 150, 1)
     TIMINGS["fleet collector: outage end to every Pi's events again"] = time.monotonic() - back
+    # How each Pi's daemon saw the outage and the return (its MQTT state changes).
+    TIMINGS["fleet collector: the Pis' MQTT lines around the outage"] = json.dumps(
+        {
+            name: [
+                f"{float(e['__REALTIME_TIMESTAMP']) / 1e6 - ended:+.1f} s {e['MESSAGE']}"
+                for e in daemon_entries(fleet.containers[name], began, time.time())
+                if e.get("PI_DAEMON_EVENT") == "mqtt"
+            ]
+            for name in PIS
+        }
+    )
     for name in PIS:
         seen = found[name]
         seqs = [e["seq"] for e in seen]
@@ -613,6 +625,65 @@ def test_the_collector_has_every_pi_s_journal_told_apart_by_hostname(fleet: Flee
         assert {e["DEVICE_ID"] for e in only} == {name}, name
     files = fleet.collector.check("ls", REMOTE_JOURNALS).split()
     TIMINGS["fleet collector: remote journal files"] = " ".join(files)
+
+
+def test_an_upload_needs_a_pi_s_certificate_and_lands_only_in_that_pi_s_journal(
+    fleet: Fleet,
+) -> None:
+    """haproxy checks what journal-remote cannot (Debian builds it without GnuTLS)."""
+    require(fleet)
+    from tests.mqtt_broker import make_certificates, sign_certificate
+
+    url = f"https://{fleet.net.address(COLLECTOR)}:19532/upload"
+    ca = str(fleet.workdir / CA_CERT)
+    pi_tls = fleet.containers["pi-a"].root / "etc/fleet-ca"
+    # A certificate of the fleet's own CA for a name that is no Pi of this fleet.
+    stranger_cert, stranger_key = sign_certificate(
+        fleet.workdir / "stranger", "host", "pi-z", Path(ca), fleet.workdir / "fleet-ca/ca.key",
+        "extendedKeyUsage=clientAuth",
+    )  # fmt: skip
+    rogue = make_certificates(fleet.workdir / "rogue-journal-ca", server_name="10.77.0.99")
+    marker = f"forged-{time.monotonic_ns()}"
+
+    def upload(tag: str, *tls: str) -> dict[str, Any]:
+        fields = [
+            f"__REALTIME_TIMESTAMP={time.time_ns() // 1000}",
+            "__MONOTONIC_TIMESTAMP=1",
+            "_BOOT_ID=0123456789abcdef0123456789abcdef",
+            "_HOSTNAME=intruder",
+            f"MESSAGE={marker} {tag}",
+        ]
+        args = [a for f in fields for a in ("--field", f)]
+        return fleet.client("pi-a", "upload", url, "--ca", ca, *tls, *args)
+
+    refused = {
+        "no certificate": upload("no certificate"),
+        "another CA": upload(
+            "another CA", "--cert", str(rogue.client_cert), "--key", str(rogue.client_key)
+        ),
+        "no Pi of the fleet": upload(
+            "no Pi of the fleet", "--cert", str(stranger_cert), "--key", str(stranger_key)
+        ),
+    }
+    for what, answer in refused.items():
+        assert "error" in answer, (what, answer)
+    own = upload(
+        "pi-a's own", "--cert", str(pi_tls / "host.pem"), "--key", str(pi_tls / "host.key")
+    )
+    assert own.get("status") in (200, 202), own
+
+    def landed() -> list[dict[str, Any]] | None:
+        found = [e for e in fleet.remote_journal() if marker in e.get("MESSAGE", "")]
+        return found or None
+
+    found = wait_for("pi-a's own upload on the collector", landed, timeout=30, interval=1)
+    assert [e["MESSAGE"] for e in found] == [f"{marker} pi-a's own"], found
+    # In pi-a's file, whatever _HOSTNAME the entry claims: the certificate chose the file.
+    in_file = journal(
+        fleet.collector, "--file", f"{REMOTE_JOURNALS}/remote-pi-a.journal", "_HOSTNAME=intruder"
+    )
+    assert [e["MESSAGE"] for e in in_file] == [f"{marker} pi-a's own"], in_file
+    TIMINGS["fleet collector: journal uploads refused"] = json.dumps(refused)
 
 
 # --- 7. Idempotence, on the collector too -------------------------------------------------
