@@ -384,17 +384,18 @@ def _serve(
     finally:
         if endpoint is not None:
             endpoint.close()
+    frames, skipped, dropped = daemon.counters.frames, daemon.counters.skipped, daemon.slot.dropped
     emit(
         log,
         logging.INFO,
         Event.STOP,
         "stopped after %d frames (%d skipped as unchanged, %d dropped while busy)",
-        daemon.counters.frames,
-        daemon.counters.skipped,
-        daemon.slot.dropped,
-        frames=daemon.counters.frames,
-        skipped_frames=daemon.counters.skipped,
-        dropped_frames=daemon.slot.dropped,
+        frames,
+        skipped,
+        dropped,
+        frames=frames,
+        skipped_frames=skipped,
+        dropped_frames=dropped,
         exit_code=code,
     )
     return code
