@@ -678,9 +678,11 @@ def test_an_upload_needs_a_pi_s_certificate_and_lands_only_in_that_pi_s_journal(
 
     found = wait_for("pi-a's own upload on the collector", landed, timeout=30, interval=1)
     assert [e["MESSAGE"] for e in found] == [f"{marker} pi-a's own"], found
-    # In pi-a's file, whatever _HOSTNAME the entry claims: the certificate chose the file.
+    # In pi-a's files (the README's glob: remote-pi-a.journal and those archived by a
+    # restart of its receiver, remote-pi-a@….journal), whatever _HOSTNAME the entry
+    # claims: the certificate chose the file.
     in_file = journal(
-        fleet.collector, "--file", f"{REMOTE_JOURNALS}/remote-pi-a.journal", "_HOSTNAME=intruder"
+        fleet.collector, f"--file={REMOTE_JOURNALS}/remote-pi-a[.@]*journal", "_HOSTNAME=intruder"
     )
     assert [e["MESSAGE"] for e in in_file] == [f"{marker} pi-a's own"], in_file
     TIMINGS["fleet collector: journal uploads refused"] = json.dumps(refused)
